@@ -1,0 +1,106 @@
+"""The RADIUS codec radcore runs with: the Cython fast path when it is built, else the reference.
+
+Both implementations export the same names, return equal results and raise the same classes with
+the same `reason` (`radcore.errors`); `IMPLEMENTATION` says which one was picked ("cython" or
+"python"), and the server logs it at startup.
+
+Environment switches, read once at import (any non-empty value counts, as in setup.py):
+
+- `RADCORE_NO_EXTENSIONS`: use the pure-Python reference (`radcore.packet`) even if the extension
+  is built. It wins over the next switch.
+- `RADCORE_REQUIRE_EXTENSIONS`: a `radcore._fastpath` that cannot be imported is an error instead of
+  a silent fallback (CI sets it, so a broken build cannot pass as a pure one).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal
+
+NO_EXTENSIONS = bool(os.environ.get("RADCORE_NO_EXTENSIONS"))
+REQUIRE_EXTENSIONS = bool(os.environ.get("RADCORE_REQUIRE_EXTENSIONS"))
+
+__all__ = (
+    "IMPLEMENTATION", "Packet", "Request", "chap_matches", "decode", "decode_response", "encode",
+    "encode_access_request", "encode_accounting_request", "encode_attributes", "encode_response",
+    "encode_responses", "hide_password", "message_authenticator", "parse_batch", "parse_request",
+    "request_authenticator", "response_authenticator", "unhide_password", "vsa_text",
+)
+
+IMPLEMENTATION: Literal["cython", "python"]
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from .packet import (
+        Packet,
+        Request,
+        chap_matches,
+        decode,
+        decode_response,
+        encode,
+        encode_access_request,
+        encode_accounting_request,
+        encode_attributes,
+        encode_response,
+        encode_responses,
+        hide_password,
+        message_authenticator,
+        parse_batch,
+        parse_request,
+        request_authenticator,
+        response_authenticator,
+        unhide_password,
+        vsa_text,
+    )
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._fastpath import (
+            Packet,
+            Request,
+            chap_matches,
+            decode,
+            decode_response,
+            encode,
+            encode_access_request,
+            encode_accounting_request,
+            encode_attributes,
+            encode_response,
+            encode_responses,
+            hide_password,
+            message_authenticator,
+            parse_batch,
+            parse_request,
+            request_authenticator,
+            response_authenticator,
+            unhide_password,
+            vsa_text,
+        )
+
+        IMPLEMENTATION = "cython"
+    except ImportError:  # pragma: no cover
+        if REQUIRE_EXTENSIONS:
+            raise
+        from .packet import (
+            Packet,
+            Request,
+            chap_matches,
+            decode,
+            decode_response,
+            encode,
+            encode_access_request,
+            encode_accounting_request,
+            encode_attributes,
+            encode_response,
+            encode_responses,
+            hide_password,
+            message_authenticator,
+            parse_batch,
+            parse_request,
+            request_authenticator,
+            response_authenticator,
+            unhide_password,
+            vsa_text,
+        )
+
+        IMPLEMENTATION = "python"
