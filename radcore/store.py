@@ -1,0 +1,382 @@
+"""LMDB environment, named databases, transactions and the record access helpers.
+
+Everything radcore persists lives in one LMDB environment. The byte layouts of its records and keys
+are in `radcore.records`, re-exported here so that callers import persistence from one module.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import lmdb
+
+from radcore.errors import StoreError
+from radcore.records import (  # noqa: F401  (re-exported: callers import persistence from here)
+    MAX_SERIES, MAX_SERIAL, MAX_KEY_SIZE, series_key, card_key, split_card_key, format_card_number,
+    parse_card_number, name_key, session_key, cdr_key, CardStatus, SeriesStatus, SessionState,
+    CARD_FORMAT, CARD_FIXED_SIZE, CARD_OFFSETS, Card, SESSION_FORMAT, Session, SESSION_FIXED_SIZE,
+    CDR_FORMAT, Cdr, Series, RateTable, TaxProfile, RoutingPlan, Reseller,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_MAP_SIZE = 8 << 30
+DB_NAMES = ("series", "cards", "pins", "sessions", "cdrs", "rates", "rate_tables", "tax_profiles",
+            "routing_plans", "resellers", "tokens", "audit", "meta", "generation", "session_deadlines")
+_SCHEMA_KEY = b"schema_version"
+_COUNTER_PREFIX = b"counter:"
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_U32BE = struct.Struct(">I")
+_CARD_KEY = struct.Struct(">II")
+_U64BE = struct.Struct(">Q")
+
+
+def lmdb_error(exc: lmdb.Error, map_size: int | None = None) -> StoreError:
+    """Translate an lmdb exception into StoreError with a message an operator can act on."""
+    if isinstance(exc, lmdb.MapFullError):
+        size = f" ({map_size} bytes)" if map_size else ""
+        return StoreError(f"LMDB map is full{size}: raise map_size (server.map_size_mb in the "
+                          "configuration) and restart every process")
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StoreError("LMDB reader table is full: raise max_readers (one slot per thread per process)")
+    return StoreError(f"LMDB error: {exc}")
+
+
+class Store:
+    """One LMDB environment in directory `path` with radcore's named databases as attributes.
+
+    Open a Store in the process that uses it, after any fork(). An environment owns a memory map, the
+    file descriptors of data.mdb/lock.mdb, POSIX fcntl locks (which a forked child does not inherit)
+    and reader-table slots registered under the opener's pid. A child using an inherited environment
+    shares the parent's reader slots and not its locks, which LMDB documents as undefined behaviour:
+    stale readers pin old pages forever, or two processes believe they hold the writer mutex. So
+    `radcore serve` forks first and every worker opens its own Store; `begin()` refuses to run in a
+    process other than the opener.
+
+    Durability: sync and metasync are on and writemap off by default, so a committed transaction
+    (an Accounting-Response we sent) survives power loss. `sync=False` is for tests and benchmarks only.
+    `readahead=False` by default because the RADIUS load is random point lookups over a map that may be
+    larger than RAM; readahead would evict useful pages.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
+                 readonly: bool = False, max_readers: int = 256, max_dbs: int = 32,
+                 readahead: bool = False):
+        self.path = os.fspath(path)
+        self.map_size = int(map_size)
+        self.readonly = readonly
+        self._pid = os.getpid()
+        self.env: lmdb.Environment | None = None
+        try:
+            if not readonly:
+                os.makedirs(self.path, mode=0o700, exist_ok=True)
+            elif not os.path.isfile(os.path.join(self.path, "data.mdb")):
+                raise StoreError(f"{self.path} is not an initialised radcore data directory")
+            self.env = lmdb.open(self.path, map_size=self.map_size, subdir=True, readonly=readonly,
+                                 create=not readonly, metasync=True, sync=sync, writemap=False,
+                                 readahead=readahead, mode=0o600, max_readers=max_readers,
+                                 max_dbs=max_dbs, max_spare_txns=1, lock=True)
+            # Clear reader slots left by processes that died mid-transaction; they would otherwise keep
+            # old pages alive and make the file grow.
+            self.env.reader_check()
+            self._open_dbs()
+        except lmdb.Error as e:
+            self.close()
+            raise self._error_for_open(e) from e
+        except BaseException:
+            self.close()
+            raise
+
+    def _error_for_open(self, e: lmdb.Error) -> StoreError:
+        if isinstance(e, lmdb.NotFoundError) and self.readonly:
+            return StoreError(f"{self.path} is not an initialised radcore data directory")
+        err = lmdb_error(e, self.map_size)
+        return StoreError(f"cannot open store at {self.path}: {err}")
+
+    def _open_dbs(self) -> None:
+        env = self.env
+        assert env is not None
+        if self.readonly:
+            self._assign_dbs([env.open_db(name.encode(), create=False) for name in DB_NAMES])
+            with env.begin() as txn:
+                self._check_schema(txn.get(_SCHEMA_KEY, db=self.meta))
+            return
+        with env.begin(write=True) as txn:
+            self._assign_dbs([env.open_db(name.encode(), txn=txn, create=True) for name in DB_NAMES])
+            raw = txn.get(_SCHEMA_KEY, db=self.meta)
+            if raw is None:
+                txn.put(_SCHEMA_KEY, _U32.pack(SCHEMA_VERSION), db=self.meta)
+            else:
+                self._check_schema(raw)
+
+    def _assign_dbs(self, handles: list[Any]) -> None:
+        # Spelled out (not setattr) so tools see the attributes; the order is DB_NAMES.
+        (self.series, self.cards, self.pins, self.sessions, self.cdrs, self.rates, self.rate_tables,
+         self.tax_profiles, self.routing_plans, self.resellers, self.tokens, self.audit, self.meta,
+         self.generation, self.session_deadlines) = handles
+
+    def _check_schema(self, raw: bytes | None) -> None:
+        if raw is None:
+            raise StoreError(f"{self.path} has no schema version: not an initialised radcore data directory")
+        found = _U32.unpack(raw)[0] if len(raw) == 4 else None
+        if found != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {found}, but this radcore uses schema "
+                             f"version {SCHEMA_VERSION}; migrate the data directory or use a matching "
+                             "release")
+
+    def error(self, exc: lmdb.Error) -> StoreError:
+        return lmdb_error(exc, self.map_size)
+
+    def begin(self, write: bool = False) -> lmdb.Transaction:
+        """A raw lmdb Transaction (commits on clean context exit, aborts on exception).
+
+        Another process growing the map surfaces as MapResizedError; adopting the new size and retrying
+        once is the documented remedy.
+        """
+        if self.env is None:
+            raise StoreError(f"store at {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise StoreError(f"store at {self.path} was opened in process {self._pid}; "
+                             "open a new Store after fork")
+        if write and self.readonly:
+            raise StoreError(f"store at {self.path} is open read-only")
+        try:
+            try:
+                return self.env.begin(write=write)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+                return self.env.begin(write=write)
+        except lmdb.Error as e:
+            raise self.error(e) from e
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[lmdb.Transaction]:
+        """Like `begin()` but lmdb errors raised in the body or at commit come out as StoreError."""
+        txn = self.begin(write)
+        try:
+            yield txn
+        except lmdb.Error as e:
+            txn.abort()
+            raise self.error(e) from e
+        except BaseException:
+            txn.abort()
+            raise
+        try:
+            txn.commit()
+        except lmdb.Error as e:
+            raise self.error(e) from e
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- meta counters ----------------------------------------------------------------------------------
+
+def get_version(txn: lmdb.Transaction, store: Store, name: str = "config_version") -> int:
+    """A change counter; hot-path caches compare it to know when series/rates/profiles changed."""
+    try:
+        raw = txn.get(_COUNTER_PREFIX + name.encode(), db=store.meta)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return _U64.unpack(raw)[0] if raw else 0
+
+
+def bump_version(txn: lmdb.Transaction, store: Store, name: str = "config_version") -> int:
+    value = get_version(txn, store, name) + 1
+    try:
+        txn.put(_COUNTER_PREFIX + name.encode(), _U64.pack(value), db=store.meta)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return value
+
+
+# --- series and card access -------------------------------------------------------------------------
+
+def get_series(txn: lmdb.Transaction, store: Store, number: int) -> Series | None:
+    """The series record, complete or not: callers serving RADIUS or listings must check `.complete`."""
+    try:
+        raw = txn.get(series_key(number), db=store.series)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return None if raw is None else Series.from_bytes(raw)
+
+
+def put_series(txn: lmdb.Transaction, store: Store, series: Series, *, bump: bool = True) -> None:
+    """Write a series; `bump` advances config_version so RADIUS caches reload it. Bulk writers that
+    change nothing RADIUS reads (generation progress) pass bump=False."""
+    try:
+        txn.put(series_key(series.number), series.to_bytes(), db=store.series)
+        if bump:
+            bump_version(txn, store)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def get_card(txn: lmdb.Transaction, store: Store, key: bytes) -> Card | None:
+    try:
+        raw = txn.get(key, db=store.cards)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return None if raw is None else Card.unpack(raw)
+
+
+def put_card(txn: lmdb.Transaction, store: Store, key: bytes, card: Card) -> None:
+    try:
+        txn.put(key, card.pack(), db=store.cards)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def iter_series_cards(txn: lmdb.Transaction, store: Store, series: int) -> Iterator[tuple[int, Card]]:
+    """(serial, Card) in serial order over the series' key range with one cursor; txn must stay open."""
+    prefix = series_key(series)
+    try:
+        cursor = txn.cursor(db=store.cards)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if key[:4] != prefix:
+                return
+            yield _CARD_KEY.unpack(key)[1], Card.unpack(value)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def next_cdr_key(txn: lmdb.Transaction, store: Store, ckey: bytes, stop_time: int) -> bytes:
+    """The first free `cdr_key(card_key, stop_time, seq)`: calls of one card may stop in the same second."""
+    base = ckey + _U64BE.pack(stop_time)
+    last = base + b"\xff\xff\xff\xff"
+    try:
+        cursor = txn.cursor(db=store.cdrs)
+        if cursor.set_range(last):
+            if cursor.key() == last:
+                raise StoreError("more than 2**32 CDRs for one card in one second")
+            found = cursor.prev()
+        else:
+            found = cursor.last()
+        key = cursor.key() if found else b""
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    seq = _U32BE.unpack(key[16:20])[0] + 1 if len(key) == 20 and key[:16] == base else 0
+    return base + _U32BE.pack(seq)
+
+
+def iter_card_cdrs(txn: lmdb.Transaction, store: Store, ckey: bytes) -> Iterator[tuple[bytes, Cdr]]:
+    """(cdr key, Cdr) for one card in stop-time order."""
+    try:
+        cursor = txn.cursor(db=store.cdrs)
+        if not cursor.set_range(ckey):
+            return
+        for key, value in cursor:
+            if key[:8] != ckey:
+                return
+            yield key, Cdr.unpack(value)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def append_cdr(txn: lmdb.Transaction, store: Store, ckey: bytes, cdr: Cdr) -> bytes:
+    """Store one settled call under the next free sequence number for its stop second; returns the key."""
+    key = next_cdr_key(txn, store, ckey, cdr.stop_time)
+    try:
+        txn.put(key, cdr.pack(), db=store.cdrs)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return key
+
+
+# --- sessions and their deadline index --------------------------------------------------------------
+# `session_deadlines` holds u64 BE deadline + session key -> b"", so the sweeper finds what is due with
+# one cursor walk from the start instead of scanning every open call and tombstone. put_session and
+# delete_session keep it in step; write sessions only through them.
+
+def _deadline_key(deadline: int, skey: bytes) -> bytes:
+    return _U64BE.pack(max(deadline, 0)) + skey
+
+
+def put_session(txn: lmdb.Transaction, store: Store, skey: bytes, session: Session) -> None:
+    try:
+        old = txn.get(skey, db=store.sessions)
+        if old is not None:
+            old_deadline = Session._FIXED.unpack_from(old)[4]
+            if old_deadline != session.deadline:
+                txn.delete(_deadline_key(old_deadline, skey), db=store.session_deadlines)
+        txn.put(skey, session.pack(), db=store.sessions)
+        txn.put(_deadline_key(session.deadline, skey), b"", db=store.session_deadlines)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def delete_session(txn: lmdb.Transaction, store: Store, skey: bytes,
+                   session: Session | None = None) -> bool:
+    """Remove a session and its deadline entry; `session` (as stored) saves a read when the caller has it."""
+    try:
+        if session is None:
+            raw = txn.get(skey, db=store.sessions)
+            if raw is None:
+                return False
+            session = Session.unpack(raw)
+        txn.delete(_deadline_key(session.deadline, skey), db=store.session_deadlines)
+        return txn.delete(skey, db=store.sessions)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def get_session(txn: lmdb.Transaction, store: Store, skey: bytes) -> Session | None:
+    try:
+        raw = txn.get(skey, db=store.sessions)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return None if raw is None else Session.unpack(raw)
+
+
+def iter_sessions(txn: lmdb.Transaction, store: Store, nas: str) -> Iterator[tuple[bytes, Session]]:
+    """(session key, Session) of one NAS: its key range `nas NUL ...` (Accounting-On/Off releases them)."""
+    prefix = nas.encode() + b"\x00"
+    try:
+        cursor = txn.cursor(db=store.sessions)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if key[:len(prefix)] != prefix:
+                return
+            yield key, Session.unpack(value)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def iter_expired_sessions(txn: lmdb.Transaction, store: Store, now: int,
+                          limit: int = 1000) -> list[tuple[bytes, Session]]:
+    """Up to `limit` (session key, Session) whose deadline <= now, earliest first. Needs a write txn:
+    index entries left behind by a session written or deleted behind put_session's back are removed
+    here, so they cannot pile up at the front of the index."""
+    due: list[tuple[bytes, Session]] = []
+    stale: list[bytes] = []
+    try:
+        cursor = txn.cursor(db=store.session_deadlines)
+        for ikey in cursor.iternext(values=False):
+            deadline = _U64BE.unpack(ikey[:8])[0]
+            if deadline > now or len(due) >= limit:
+                break
+            raw = txn.get(ikey[8:], db=store.sessions)
+            session = None if raw is None else Session.unpack(raw)
+            if session is None or max(session.deadline, 0) != deadline:
+                stale.append(ikey)
+            else:
+                due.append((ikey[8:], session))
+        for ikey in stale:
+            txn.delete(ikey, db=store.session_deadlines)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return due
