@@ -1,0 +1,427 @@
+"""The RADIUS data plane: a supervisor process and N forked UDP workers sharing ports.
+
+Per wakeup a worker drains up to `batch_max` datagrams from its auth and acct sockets, then does
+everything per batch: client lookup and duplicate detection per datagram (dict hits), one
+`fastpath.parse_batch`, one `handler.handle` (the prepaid engine's single LMDB transaction: group
+commit), one `fastpath.encode_responses`, then one `sendto` per reply. Replies leave only after
+`handle` returns, i.e. after the batch is durable (DESIGN.md, "Speed design").
+
+Sockets: the supervisor binds one auth and one acct socket *per worker* in SO_REUSEPORT groups
+before forking, and each worker uses its own pair. Binding in the parent resolves port 0 once
+(tests, and the ready file), and no packet can arrive at a port nobody has bound yet during
+start-up. The kernel hashes each NAS 4-tuple to one socket of a group, so a NAS's retransmissions
+always reach the same worker; that is what makes the per-worker duplicate cache correct. The
+parent keeps every socket open, so a crashed worker's socket stays in its group: the hash does
+not reshuffle, and packets queue for the replacement worker instead of going to a worker whose
+cache has never seen them.
+
+Hygiene (DESIGN.md, "Protocol hygiene"): unknown client, bad authenticator, bad or missing
+Message-Authenticator and malformed packets are dropped silently and counted by reason
+(`radcore.metrics.DROP_REASONS`); Status-Server (RFC 5997) is answered here, never by the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from . import dictionary as d
+from . import fastpath
+from .clock import default_clock
+from .config import Client, Config, load_config, parse_listen
+from .dupcache import ACCT, AUTH, BatchDeduper, DuplicateCache
+from .errors import ConfigError, PacketError
+from .metrics import RateLimitedLog, Recorder
+
+if TYPE_CHECKING:
+    from .packet import Request
+
+log = logging.getLogger(__name__)
+
+Attribute = tuple[int, bytes]
+Source = tuple[str, int]
+TICK_SECONDS = 1.0
+RCVBUF_BYTES = 4 << 20  # absorbs bursts while a batch commits; the kernel caps it at rmem_max
+_PORT_CODES = {AUTH: frozenset({d.Code.ACCESS_REQUEST, d.Code.STATUS_SERVER}),
+               ACCT: frozenset({d.Code.ACCOUNTING_REQUEST, d.Code.STATUS_SERVER})}
+
+
+class NoReply:
+    """A handler's explicit "send nothing", with the `DROP_REASONS` label it is counted under.
+
+    A plain None means the same, counted as `no_reply`. The entry for that request is removed from
+    the duplicate cache, so the NAS's retransmission is processed again rather than ignored.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str = "no_reply"):
+        self.reason = reason
+
+
+Reply = tuple[int, list[Attribute]] | NoReply | None
+
+
+class Handler(Protocol):
+    """The seam the prepaid engine fills; one instance per worker, created after fork.
+
+    `handle` gets every verified Access-Request and Accounting-Request of a batch, in arrival
+    order, and returns one entry per request: (reply code, reply attributes), or None / `NoReply`
+    for silence. It runs its own transaction for the whole batch and returns only once that is
+    durable. Optional methods: `tick(now)` (epoch seconds; called about every second, for
+    sweepers) and `close()` (at worker exit).
+    """
+
+    def handle(self, batch: list[tuple[Request, Client, Source]]) -> list[Reply]: ...
+
+
+HandlerFactory = Callable[[Config], Handler]
+
+
+class NoStoreHandler:
+    """The honest default before a card store is plugged in: reject every call, record nothing.
+
+    Accounting gets no Accounting-Response, because that reply means "recorded" (RFC 2866 §4.1)
+    and would make the NAS discard a call record we never stored; it is counted `not_recorded`.
+    """
+
+    _REJECT = (d.Code.ACCESS_REJECT, [(d.REPLY_MESSAGE, b"no card store configured")])
+    _NOT_RECORDED = NoReply("not_recorded")
+
+    def __init__(self, config: Config | None = None):
+        self.config = config
+
+    def handle(self, batch: list[tuple[Request, Client, Source]]) -> list[Reply]:
+        return [self._REJECT if req.code == d.Code.ACCESS_REQUEST else self._NOT_RECORDED
+                for req, _, _ in batch]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets
+
+
+class Listeners:
+    """One auth and one acct socket per worker slot (index = slot), all bound before any fork."""
+
+    def __init__(self, auth: list[socket.socket], acct: list[socket.socket]):
+        self.auth, self.acct = auth, acct
+        self.auth_port = auth[0].getsockname()[1]
+        self.acct_port = acct[0].getsockname()[1]
+
+    def close(self, keep: Sequence[socket.socket] = ()) -> None:
+        for sock in self.auth + self.acct:
+            if sock not in keep:
+                sock.close()
+
+
+def bind_listeners(config: Config, slots: int) -> Listeners:
+    auth = _bind_group(config.server.auth_listen, slots)
+    try:
+        acct = _bind_group(config.server.acct_listen, slots)
+    except BaseException:
+        for sock in auth:
+            sock.close()
+        raise
+    return Listeners(auth, acct)
+
+
+def _bind_group(listen: str, count: int) -> list[socket.socket]:
+    """`count` non-blocking UDP sockets sharing one address in an SO_REUSEPORT group.
+
+    SO_REUSEPORT would let us silently *join* another process's group on the same port (a second
+    radcore started by mistake, which would then get half the traffic), and the kernel may even
+    autobind port 0 into such a group. So a plain probe socket binds first: it fails with
+    EADDRINUSE if anyone holds the port, and for port 0 it picks a port nobody holds.
+    """
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            group.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            sock.bind((host, port))
+            sock.setblocking(False)
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker
+
+
+class Worker:
+    """One process's event loop over its own auth and acct sockets.
+
+    The sockets belong to SO_REUSEPORT groups shared with the other workers; the kernel hashes
+    each client's 4-tuple to one socket, so every retransmission of a NAS reaches this same
+    worker, and the per-worker duplicate cache sees it (module docstring).
+    """
+
+    def __init__(self, config: Config, handler: Handler, recorder: Recorder,
+                 auth_sock: socket.socket, acct_sock: socket.socket, *, parent_pid: int | None = None):
+        self.config = config
+        self.handler = handler
+        self.recorder = recorder
+        self.socks = ((auth_sock, AUTH), (acct_sock, ACCT))
+        self.parent_pid = parent_pid
+        self.cache = DuplicateCache(config.server.duplicate_cache_seconds)
+        self.clock = default_clock()
+        self.ratelog = RateLimitedLog(log)
+        self._stopping = False
+        self._reload = False
+        self._tick = getattr(handler, "tick", None)
+
+    def run(self, sigmask: set | None = None) -> int:
+        """Serve until SIGTERM (or the supervisor dies); the batch in hand is always finished.
+
+        `sigmask` is restored once the handlers are installed: the supervisor forks with signals
+        blocked, so an early SIGHUP is delivered to our handler instead of killing the process.
+        """
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        sel = selectors.DefaultSelector()
+        try:
+            for sock, kind in self.socks:
+                sel.register(sock, selectors.EVENT_READ, kind)
+            sel.register(wake_r, selectors.EVENT_READ, None)
+            signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGHUP, self._on_hup)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
+            if sigmask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+            next_tick = time.monotonic()
+            while not self._stopping:
+                ready = []
+                for key, _ in sel.select(max(0.0, next_tick - time.monotonic())):
+                    if key.data is None:
+                        _drain(wake_r)
+                    else:
+                        ready.append((key.fileobj, key.data))
+                if ready:
+                    self._serve(ready)
+                if self._reload:
+                    self._reload_clients()
+                if time.monotonic() >= next_tick:
+                    self._on_tick()
+                    next_tick = time.monotonic() + TICK_SECONDS
+            return 0
+        finally:
+            signal.set_wakeup_fd(-1)
+            sel.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _on_term(self, signum, frame) -> None:
+        self._stopping = True
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reload = True
+
+    def _serve(self, ready: list[tuple[socket.socket, int]]) -> None:
+        """Drain the ready sockets round-robin (so neither port starves the other), then handle."""
+        batch: list[tuple[bytes, tuple, socket.socket, int]] = []
+        budget = self.config.server.batch_max
+        active = list(ready)
+        while active and len(batch) < budget:
+            for entry in list(active):
+                sock, kind = entry
+                try:
+                    data, addr = sock.recvfrom(d.MAX_PACKET_LENGTH)
+                except (BlockingIOError, InterruptedError):
+                    active.remove(entry)
+                    continue
+                except OSError as exc:  # e.g. ICMP-induced errors; the socket stays usable
+                    self.ratelog(logging.WARNING, "recv", "recvfrom failed: %s", exc)
+                    active.remove(entry)
+                    continue
+                batch.append((data, addr, sock, kind))
+                if len(batch) >= budget:
+                    break
+        if not batch:
+            return
+        started = time.perf_counter()
+        try:
+            answered = self.handle_batch(batch)
+        except Exception:
+            answered = 0
+            self.recorder.add("internal_errors")
+            self.ratelog(logging.ERROR, "internal", "batch of %d datagrams failed", len(batch),
+                         exc_info=True)
+        self.recorder.add("batches")
+        self.recorder.observe(time.perf_counter() - started, answered)
+        self.recorder.publish()
+
+    def handle_batch(self, batch: list[tuple[bytes, tuple, socket.socket, int]]) -> int:
+        """Answer one batch of (datagram, source, socket, port kind); returns replies sent."""
+        rec, cache, client_for = self.recorder, self.cache, self.config.client_for
+        dedup = BatchDeduper()
+        items: list[tuple[bytes, bytes, bool]] = []
+        pending: list[tuple[tuple, socket.socket, int, Client, tuple | None]] = []
+        followers: list[tuple[int, tuple, socket.socket]] = []
+        answered = 0
+        for data, addr, sock, kind in batch:
+            code = data[0] if data else 0
+            rec.received(code)
+            client = client_for(addr[0])
+            if client is None:
+                rec.dropped("unknown_client")
+                self.ratelog(logging.WARNING, "unknown_client", "dropped datagram from unknown client %s",
+                             addr[0])
+                continue
+            key = None
+            if len(data) >= d.HEADER_LENGTH and code != d.Code.STATUS_SERVER:
+                if code in d.REQUEST_CODES and code not in _PORT_CODES[kind]:
+                    rec.dropped("wrong_port")
+                    self.ratelog(logging.WARNING, "wrong_port", "dropped code %s from %s (%s) on the %s port",
+                                 code, addr[0], client.name, "auth" if kind == AUTH else "acct")
+                    continue
+                key = (addr[0], addr[1], data[1], kind)
+                authenticator = data[4:20]
+                cached = cache.lookup(key, authenticator)
+                if cached is not None:
+                    rec.add("duplicates")
+                    answered += self._send(sock, cached, addr)
+                    continue
+                leader = dedup.leader(key, authenticator, len(items))
+                if leader is not None:
+                    rec.add("duplicates")
+                    followers.append((leader, addr, sock))
+                    continue
+            items.append((data, client.secret, client.require_message_authenticator))
+            pending.append((addr, sock, kind, client, key))
+        if not items:
+            return answered
+
+        to_encode: list[tuple[int, Request, int, Sequence[Attribute], bytes]] = []
+        to_handler: list[tuple[Request, Client, Source]] = []
+        handler_pos: list[int] = []
+        for pos, result in enumerate(fastpath.parse_batch(items)):
+            addr, _, kind, client, _ = pending[pos]
+            if isinstance(result, PacketError):
+                rec.dropped(result.reason)
+                self.ratelog(logging.INFO, result.reason, "dropped packet from %s (%s): %s",
+                             addr[0], client.name, result)
+            elif result.code == d.Code.STATUS_SERVER:
+                code = d.Code.ACCESS_ACCEPT if kind == AUTH else d.Code.ACCOUNTING_RESPONSE
+                to_encode.append((pos, result, code, (), client.secret))
+            else:
+                to_handler.append((result, client, (addr[0], addr[1])))
+                handler_pos.append(pos)
+        if to_handler:
+            outcomes = self._call_handler(to_handler)
+            for (req, client, _), pos, outcome in zip(to_handler, handler_pos, outcomes, strict=True):
+                if outcome is None or isinstance(outcome, NoReply):
+                    rec.dropped(outcome.reason if outcome is not None else "no_reply")
+                    if pending[pos][4] is not None:
+                        cache.discard(pending[pos][4])
+                else:
+                    to_encode.append((pos, req, outcome[0], outcome[1], client.secret))
+
+        sent: dict[int, bytes] = {}
+        for (pos, req, code, _, _), wire in zip(to_encode, self._encode(to_encode), strict=True):
+            if wire is None:
+                continue
+            addr, sock, _, _, key = pending[pos]
+            answered += self._send(sock, wire, addr)
+            if req.code == d.Code.STATUS_SERVER:
+                rec.status_replied()
+            else:
+                rec.replied(code)
+                if key is not None:
+                    cache.store(key, req.authenticator, wire)
+            sent[pos] = wire
+        for leader, addr, sock in followers:
+            wire = sent.get(leader)
+            if wire is not None:
+                answered += self._send(sock, wire, addr)
+        return answered
+
+    def _call_handler(self, batch: list[tuple[Request, Client, Source]]) -> list:
+        try:
+            outcomes = list(self.handler.handle(batch))
+        except Exception:
+            self.ratelog(logging.ERROR, "handler", "handler failed on a batch of %d requests",
+                         len(batch), exc_info=True)
+            return [NoReply("handler_error")] * len(batch)
+        if len(outcomes) != len(batch):
+            self.ratelog(logging.ERROR, "handler_len", "handler returned %d replies for %d requests",
+                         len(outcomes), len(batch))
+            return [NoReply("handler_error")] * len(batch)
+        return outcomes
+
+    def _encode(self, items: list[tuple[int, Request, int, Sequence[Attribute], bytes]]) -> list:
+        """Encode all replies in one call; if one is bad, find it instead of losing the batch."""
+        if not items:
+            return []
+        batch = [(req, code, attrs, secret) for _, req, code, attrs, secret in items]
+        try:
+            return fastpath.encode_responses(batch)
+        except Exception:
+            pass
+        out: list[bytes | None] = []
+        for entry in batch:
+            try:
+                out.extend(fastpath.encode_responses([entry]))
+            except Exception as exc:
+                self.recorder.dropped("encode_error")
+                self.ratelog(logging.ERROR, "encode", "cannot encode reply code %s: %s", entry[1], exc)
+                out.append(None)
+        return out
+
+    def _send(self, sock: socket.socket, wire: bytes, addr: tuple) -> int:
+        try:
+            sock.sendto(wire, addr)
+            return 1
+        except OSError as exc:  # full send buffer (non-blocking) or an unreachable route
+            self.recorder.add("send_errors")
+            self.ratelog(logging.WARNING, "send", "sendto %s failed: %s", addr[0], exc)
+            return 0
+
+    def _on_tick(self) -> None:
+        self.cache.expire()
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.error("supervisor %d is gone; worker exiting", self.parent_pid)
+            self._stopping = True
+        if self._tick is not None:
+            try:
+                self._tick(self.clock())
+            except Exception:
+                self.recorder.add("internal_errors")
+                self.ratelog(logging.ERROR, "tick", "handler tick failed", exc_info=True)
+        self.recorder.publish()
+
+    def _reload_clients(self) -> None:
+        self._reload = False
+        try:
+            fresh = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping %d clients, the new config is unusable: %s",
+                      len(self.config.clients), exc)
+            return
+        self.config = self.config.with_clients_of(fresh)
+        log.info("SIGHUP: reloaded %d clients", len(self.config.clients))
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
