@@ -25,6 +25,7 @@ from . import store as st
 from .dictionary import ReturnCode
 from .fastpath import chap_matches
 from .store import Card, CardStatus, SeriesStatus, Session, SessionState
+from .throttle import PinThrottle
 
 if TYPE_CHECKING:
     from .config import Client, PrepaidConfig
@@ -108,6 +109,20 @@ class Lookups:
             return route
 
 
+def register_failed_pin(card: Card, now: int, config: PrepaidConfig) -> bool:
+    """Count one wrong PIN; after `max_failed_pins` in a row the card is locked for the cool-down.
+
+    Shared by RADIUS and the card-holder portal so a guesser gets N tries in total, not N per door.
+    Returns True when this failure locked the card. The caller writes the card.
+    """
+    card.failed_pins += 1
+    if card.failed_pins >= config.max_failed_pins:
+        card.locked_until = now + config.lockout_seconds
+        card.failed_pins = 0
+        return True
+    return False
+
+
 def nas_identity(req: Request, source_ip: str) -> str:
     """The name a call is filed under: what the NAS calls itself, else its address.
 
@@ -139,6 +154,7 @@ class CardAuthenticator:
         self.keyring = keyring
         self.config = config
         self.lookups = lookups
+        self.throttle = PinThrottle(config.pin_only_throttle_per_minute)
 
     # -- stage 1: who is calling ---------------------------------------------------------------
 
@@ -173,8 +189,14 @@ class CardAuthenticator:
 
     def authorize(self, txn, req: Request, client: Client, source_ip: str, now: int) -> Decision:
         """Run both stages for one Access-Request; writes the card (and a session) when it must."""
+        # PIN-only: a wrong guess locks no card, so the line it comes from is throttled instead.
+        line = (nas_identity(req, source_ip), req.calling) if client.profile.pin_only else None
+        if line is not None and not self.throttle.allow(line, now):
+            return _deny(ReturnCode.RETRIES_EXCEEDED, "too many unknown PINs from this line")
         key, pin = self.identify(txn, req, client)
         if key is None:
+            if line is not None:
+                self.throttle.charge(line, now)
             return _deny(ReturnCode.INVALID_CARD_NUMBER if not client.profile.pin_only
                          else ReturnCode.INVALID_ACCOUNT, "unknown card")
         raw = txn.get(key, db=self.store.cards)
@@ -206,7 +228,7 @@ class CardAuthenticator:
             return decision
 
         if card.status == CardStatus.PENDING:
-            decision = self._activate(card, series, now)
+            decision = self.activate(card, series, now)
             if decision is not None:
                 return decision
         card.last_use = now
@@ -222,10 +244,7 @@ class CardAuthenticator:
         return decision
 
     def _count_failed_pin(self, txn, key: bytes, card: Card, now: int) -> None:
-        card.failed_pins += 1
-        if card.failed_pins >= self.config.max_failed_pins:
-            card.locked_until = now + self.config.lockout_seconds
-            card.failed_pins = 0
+        register_failed_pin(card, now, self.config)
         st.put_card(txn, self.store, key, card)
 
     @staticmethod
@@ -249,7 +268,7 @@ class CardAuthenticator:
         return None
 
     @staticmethod
-    def _activate(card: Card, series: st.Series, now: int) -> Decision | None:
+    def activate(card: Card, series: st.Series, now: int) -> Decision | None:
         """First use: activation time, activation fee, expiry = the earlier of date and period."""
         if series.activation_fee > card.balance - card.reserved:
             return _deny(ReturnCode.INSUFFICIENT_BALANCE, "balance below the activation fee")

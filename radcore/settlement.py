@@ -203,7 +203,7 @@ class Settlement:
         released = 0
         for skey, session in list(st.iter_sessions(txn, self.store, nas)):
             if session.state in _OPEN:
-                self._finish(txn, skey, session, now, TERMINATE_NAS_REBOOT)
+                self.finish_call(txn, skey, session, now, TERMINATE_NAS_REBOOT)
                 released += 1
         return released
 
@@ -214,11 +214,12 @@ class Settlement:
             if session.state == SessionState.STOPPED:
                 st.delete_session(txn, self.store, skey, session)
             else:
-                self._finish(txn, skey, session, now, TERMINATE_LOST)
+                self.finish_call(txn, skey, session, now, TERMINATE_LOST)
             done += 1
         return done
 
-    def _finish(self, txn, skey: bytes, session: Session, now: int, cause: int) -> None:
+    def finish_call(self, txn, skey: bytes, session: Session, now: int, cause: int) -> None:
+        """Close a call nobody will report on: Accounting-On/Off, the sweeper, an operator's release."""
         card_raw = txn.get(session.card_key, db=self.store.cards)
         card = Card.unpack(card_raw) if card_raw is not None else None
         if session.state == SessionState.AUTHORIZED:
