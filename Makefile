@@ -29,7 +29,8 @@ run: install
 	$(BIN)/radcore serve --config $(CONFIG) --demo
 
 test: sysdeps install
-	RADCORE_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	RADCORE_REQUIRE_EXTENSIONS=1 RADCORE_REQUIRE_INTEROP=1 RADCORE_REQUIRE_BROWSER=1 \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: sysdeps install
 	$(BIN)/python -m pytest bench $(PYTEST_ARGS)

@@ -69,11 +69,12 @@ class ServerProcess:
     """`python -m radcore.supervisor` in a subprocess; use as a context manager."""
 
     def __init__(self, config: Path, *, handler: str | None = None, env: dict | None = None,
-                 implementation: str | None = None):
+                 implementation: str | None = None, command: list[str] | None = None):
         self.config = Path(config)
         self.ready_file = self.config.parent / "ready.json"
         self.log_path = self.config.parent / "server.log"
-        args = server_command() + ["--config", str(self.config), "--ready-file", str(self.ready_file)]
+        args = (command or server_command()) + ["--config", str(self.config),
+                                                "--ready-file", str(self.ready_file)]
         if handler:
             args += ["--handler", handler]
         full_env = dict(os.environ)
