@@ -29,78 +29,30 @@ __all__ = (
 
 IMPLEMENTATION: Literal["cython", "python"]
 
-if TYPE_CHECKING or NO_EXTENSIONS:
-    from .packet import (
-        Packet,
-        Request,
-        chap_matches,
-        decode,
-        decode_response,
-        encode,
-        encode_access_request,
-        encode_accounting_request,
-        encode_attributes,
-        encode_response,
-        encode_responses,
-        hide_password,
-        message_authenticator,
-        parse_batch,
-        parse_request,
-        request_authenticator,
-        response_authenticator,
-        unhide_password,
-        vsa_text,
+if TYPE_CHECKING:
+    # Type checkers see the reference; at run time the names come from the module picked below.
+    from .packet import (  # noqa: F401
+        Packet, Request, chap_matches, decode, decode_response, encode, encode_access_request,
+        encode_accounting_request, encode_attributes, encode_response, encode_responses,
+        hide_password, message_authenticator, parse_batch, parse_request, request_authenticator,
+        response_authenticator, unhide_password, vsa_text,
     )
 
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from ._fastpath import (
-            Packet,
-            Request,
-            chap_matches,
-            decode,
-            decode_response,
-            encode,
-            encode_access_request,
-            encode_accounting_request,
-            encode_attributes,
-            encode_response,
-            encode_responses,
-            hide_password,
-            message_authenticator,
-            parse_batch,
-            parse_request,
-            request_authenticator,
-            response_authenticator,
-            unhide_password,
-            vsa_text,
-        )
 
-        IMPLEMENTATION = "cython"
+def _pick():
+    from . import packet
+
+    if NO_EXTENSIONS:
+        return packet, "python"
+    try:
+        from . import _fastpath
     except ImportError:  # pragma: no cover
         if REQUIRE_EXTENSIONS:
             raise
-        from .packet import (
-            Packet,
-            Request,
-            chap_matches,
-            decode,
-            decode_response,
-            encode,
-            encode_access_request,
-            encode_accounting_request,
-            encode_attributes,
-            encode_response,
-            encode_responses,
-            hide_password,
-            message_authenticator,
-            parse_batch,
-            parse_request,
-            request_authenticator,
-            response_authenticator,
-            unhide_password,
-            vsa_text,
-        )
+        return packet, "python"
+    return _fastpath, "cython"
 
-        IMPLEMENTATION = "python"
+
+_module, IMPLEMENTATION = _pick()
+globals().update({name: getattr(_module, name) for name in __all__ if name != "IMPLEMENTATION"})
+del _module, _pick
