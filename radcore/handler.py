@@ -1,13 +1,24 @@
-"""The prepaid request handler: one LMDB write transaction per batch, one durable commit for all.
+"""The prepaid request handler: reads without the writer lock, writes in one durable commit per batch.
 
-This is what makes accounting both durable and fast (DESIGN.md, "Speed design"): the server hands
-over every request it drained in one wakeup, they are decided in order inside one transaction (so
-two requests for the same card in one batch see each other's holds), the transaction commits once
-(one fsync for the batch: group commit), and only then are replies released. A failed commit
-yields no Accounting-Response at all, so the NAS retransmits and nothing acknowledged is lost.
+A batch is decided in two passes (DESIGN.md, "Speed design"):
+
+1. A read transaction answers every Access-Request whose decision changes nothing: a plain card
+   authentication of an activated card, an unknown card, a locked card. No writer lock is taken and
+   nothing is fsync'd, so the workers answer these in parallel at CPU speed.
+2. Everything else (accounting, number authorizations, activations, failed PINs) is decided in order
+   inside one write transaction (so two requests for the same card see each other's holds), which
+   commits once: one fsync for the batch, group commit. Only then are replies released.
 
 A request whose processing raises is a bug, not a decision: its half-done writes must not reach
-the disk, so the transaction is abandoned and the batch re-run without it (it gets no reply).
+the disk, so the write transaction is abandoned and re-run without it (it gets no reply).
+
+When the store cannot write (LMDB map full, disk full, I/O error) the write pass is lost as a
+whole, and the handler degrades rather than going dark: accounting gets `NoReply("commit_failed")`
+(counted by the server), so the NAS keeps the record and retransmits it; the Access-Requests that
+needed a write get the profile's service_unavailable code, because a call we could not reserve money
+for could never be billed; the read-only answers of pass 1 stand. The error is logged (rate-limited)
+with the store's own explanation, e.g. for a full map "raise map_size (server.map_size_mb ...) and
+restart every process"; once that is done the NASes' retransmissions are settled as usual.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ import lmdb
 from . import dictionary as d
 from . import replies
 from .clock import Clock, default_clock
-from .keys import KeyRing
-from .prepaid import CardAuthenticator, Decision, Lookups
-from .settlement import Settlement
 from .errors import StoreError
+from .keys import KeyRing
+from .metrics import RateLimitedLog
+from .prepaid import CardAuthenticator, Decision, Lookups, NeedsWrite
+from .server import NoReply
+from .settlement import Settlement
 from .store import Store
 
 if TYPE_CHECKING:
@@ -33,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[int, list[tuple[int, bytes]]] | None
+Reply = tuple[int, list[tuple[int, bytes]]] | NoReply | None
 Item = tuple["Request", "Client", tuple[str, int]]
 
 
@@ -52,39 +65,73 @@ class PrepaidHandler:
         self.failed_commits = 0
         self.poisoned = 0
         self._next_sweep = 0
+        self._ratelog = RateLimitedLog(log)
 
     def handle(self, batch: list[Item]) -> list[Reply]:
         now = self.clock()
+        out: list[Reply] = [None] * len(batch)
+        pending = self._read_pass(batch, now, out)
         skip: set[int] = set()
-        while True:
+        while pending:
             try:
-                return self._run(batch, now, skip)
+                self._write_pass(batch, pending, now, skip, out)
+                break
             except _Poisoned as exc:
                 log.exception("request %d of the batch failed; it gets no reply", exc.index,
                               exc_info=exc.__cause__)
                 self.poisoned += 1
                 skip.add(exc.index)
-            except (lmdb.Error, StoreError):
+            except (lmdb.Error, StoreError) as exc:
                 self.failed_commits += 1
-                log.exception("store write failed: %d requests left unanswered so the NAS retries",
-                              len(batch))
-                return [self._unwritable(req, client) for req, client, _ in batch]
+                error = self.store.error(exc) if isinstance(exc, lmdb.Error) else exc
+                self._ratelog(logging.ERROR, "commit", "store write failed, batch not committed: %s; "
+                              "%d requests left unanswered or refused (the NAS retransmits)",
+                              error, len(pending))
+                for i in pending:
+                    out[i] = self._unwritable(*batch[i][:2])
+                break
+        return out
 
-    def _run(self, batch: list[Item], now: int, skip: set[int]) -> list[Reply]:
-        out: list[Reply] = []
-        with self.store.begin(write=True) as txn:
+    def _read_pass(self, batch: list[Item], now: int, out: list[Reply]) -> list[int]:
+        """Answer what needs no write; return the indexes left for the write pass."""
+        pending: list[int] = []
+        with self.store.begin() as txn:
             self.lookups.refresh(txn)
             for i, (req, client, source) in enumerate(batch):
-                if i in skip:
-                    out.append(None)
+                if req.code != d.Code.ACCESS_REQUEST:
+                    pending.append(i)
                     continue
                 try:
-                    out.append(self._one(txn, req, client, source[0], now))
+                    decision = self.auth.authorize(txn, req, client, source[0], now, writable=False)
+                except NeedsWrite:
+                    pending.append(i)
+                    continue
+                except (lmdb.Error, StoreError):
+                    raise
+                except Exception:
+                    log.exception("request %d of the batch failed; it gets no reply", i)
+                    self.poisoned += 1
+                    continue
+                out[i] = self._access_reply(decision, client)
+        return pending
+
+    def _write_pass(self, batch: list[Item], pending: list[int], now: int, skip: set[int],
+                    out: list[Reply]) -> None:
+        decided: list[tuple[int, Reply]] = []
+        with self.store.begin(write=True) as txn:
+            self.lookups.refresh(txn)
+            for i in pending:
+                if i in skip:
+                    continue
+                req, client, source = batch[i]
+                try:
+                    decided.append((i, self._one(txn, req, client, source[0], now)))
                 except (lmdb.Error, StoreError):
                     raise
                 except Exception as exc:
                     raise _Poisoned(i) from exc
-        return out
+        for i, reply in decided:  # only once the commit is durable
+            out[i] = reply
 
     def _one(self, txn, req: Request, client: Client, source_ip: str, now: int) -> Reply:
         if req.code == d.Code.ACCESS_REQUEST:
@@ -103,9 +150,8 @@ class PrepaidHandler:
 
     @staticmethod
     def _unwritable(req: Request, client: Client) -> Reply:
-        """When the store cannot write, accounting goes unanswered and calls are not authorized."""
         if req.code != d.Code.ACCESS_REQUEST:
-            return None
+            return _COMMIT_FAILED
         return d.Code.ACCESS_REJECT, replies.reject(
             client.profile, d.ReturnCode.SERVICE_UNAVAILABLE, "service temporarily unavailable")
 
@@ -125,6 +171,9 @@ class PrepaidHandler:
 
     def close(self) -> None:
         self.store.close()
+
+
+_COMMIT_FAILED = NoReply("commit_failed")
 
 
 class _Poisoned(Exception):

@@ -109,6 +109,15 @@ class Lookups:
             return route
 
 
+class NeedsWrite(Exception):
+    """A read-only decision pass met a change it must make; redo the request in a write transaction."""
+
+
+def _must_write(writable: bool) -> None:
+    if not writable:
+        raise NeedsWrite
+
+
 def register_failed_pin(card: Card, now: int, config: PrepaidConfig) -> bool:
     """Count one wrong PIN; after `max_failed_pins` in a row the card is locked for the cool-down.
 
@@ -187,8 +196,14 @@ class CardAuthenticator:
             return False
         return self.keyring.pin_matches(pin, card.pin_digest)
 
-    def authorize(self, txn, req: Request, client: Client, source_ip: str, now: int) -> Decision:
-        """Run both stages for one Access-Request; writes the card (and a session) when it must."""
+    def authorize(self, txn, req: Request, client: Client, source_ip: str, now: int, *,
+                  writable: bool = True) -> Decision:
+        """Run both stages for one Access-Request; writes the card (and a session) when it must.
+
+        With `writable=False` (a read transaction) it raises `NeedsWrite` at the first change the
+        decision would make, so the caller can answer the common case, a plain card authentication,
+        without the writer lock or an fsync, and redo only the rest in its write transaction.
+        """
         # PIN-only: a wrong guess locks no card, so the line it comes from is throttled instead.
         line = (nas_identity(req, source_ip), req.calling) if client.profile.pin_only else None
         if line is not None and not self.throttle.allow(line, now):
@@ -211,6 +226,7 @@ class CardAuthenticator:
             return _deny(ReturnCode.RETRIES_EXCEEDED, "card locked after failed PINs")
 
         if not client.profile.pin_only and not self._credentials_ok(req, card, pin, key):
+            _must_write(writable)
             self._count_failed_pin(txn, key, card, now)
             if card.locked_until > now:
                 return _deny(ReturnCode.RETRIES_EXCEEDED, "card locked after failed PINs")
@@ -224,23 +240,31 @@ class CardAuthenticator:
                 card.status = CardStatus.EXPIRED
                 dirty = True
             if dirty:
+                _must_write(writable)
                 st.put_card(txn, self.store, key, card)
             return decision
 
         if card.status == CardStatus.PENDING:
+            _must_write(writable)
+            dirty = True
             decision = self.activate(card, series, now)
             if decision is not None:
+                st.put_card(txn, self.store, key, card)
                 return decision
-        card.last_use = now
 
         called = self._dialed(req, client)
         if called:
+            _must_write(writable)
+            card.last_use = now
             decision = self._reserve(txn, req, client, source_ip, key, card, series, called, now)
+            dirty = True
         else:
             decision = Decision(ReturnCode.SUCCESS, "card accepted",
                                 available=card.balance - card.reserved, currency=series.currency,
                                 language=series.language)
-        st.put_card(txn, self.store, key, card)
+        if dirty:
+            _must_write(writable)
+            st.put_card(txn, self.store, key, card)
         return decision
 
     def _count_failed_pin(self, txn, key: bytes, card: Card, now: int) -> None:

@@ -88,9 +88,15 @@ class Settlement:
             self.orphans += 1
             return
         card = Card.unpack(card_raw)
+        charged_before = session.charged
         self._settle(session, card, max(req.session_time, 0))
         card.last_use = now
-        if status == d.AcctStatus.STOP and session.state != SessionState.STOPPED:
+        if session.state == SessionState.STOPPED:
+            if session.charged != charged_before:
+                # A longer report after the Stop (Cisco's second call leg under the same conf-id,
+                # or the real Stop of a call the sweeper closed): the CDR must show what was taken.
+                self._amend_cdr(txn, session)
+        elif status == d.AcctStatus.STOP:
             stop_time = now - req.delay_time  # the NAS clock may be wrong; ours is the reference
             self._close(txn, skey, session, card, stop_time, req.terminate_cause, now)
         st.put_session(txn, self.store, skey, session)
@@ -195,6 +201,21 @@ class Settlement:
                   billed_seconds=rating.billed_seconds(rate, duration), cost=session.charged,
                   terminate_cause=terminate_cause)
         st.append_cdr(txn, self.store, session.card_key, cdr)
+
+    def _amend_cdr(self, txn, session: Session) -> None:
+        """Bring the call's one CDR up to the session's settled duration and charge."""
+        for key, cdr in reversed(list(st.iter_card_cdrs(txn, self.store, session.card_key))):
+            if (cdr.nas, cdr.conf_id, cdr.acct_session_id) == (session.nas, session.conf_id,
+                                                                 session.acct_session_id):
+                duration = session.last_session_time
+                cdr.start_time = cdr.stop_time - duration
+                cdr.duration = duration
+                cdr.billed_seconds = rating.billed_seconds(session_rate(session), duration)
+                cdr.cost = session.charged
+                txn.put(key, cdr.pack(), db=self.store.cdrs)
+                return
+        log.error("no CDR found to amend for call %r on %s", session.conf_id or session.acct_session_id,
+                  session.nas)
 
     # -- releasing what a NAS will never report ------------------------------------------------
 

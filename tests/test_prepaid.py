@@ -270,3 +270,17 @@ def test_batch_is_one_transaction_and_sees_its_own_holds(world):
     first, second = world.handler.handle(reqs)
     assert first[0] == ACCEPT and second[0] == REJECT
     assert world.card(54, 0).reserved == 990_000
+
+
+def test_plain_card_authentication_writes_nothing(world):
+    """The common case is answered from a read transaction: no writer lock, no fsync."""
+    world.add_series(55, initial_status=CardStatus.ACTIVATED)
+    before = world.store.env.info()["last_txnid"]
+    for _ in range(3):
+        assert world.access(55, 0)[0] == ACCEPT
+        assert rc(world.access(99, 1, pin="0000000000")) == ReturnCode.INVALID_ACCOUNT
+    assert world.store.env.info()["last_txnid"] == before
+    # A wrong PIN must be counted, so it does take the write path.
+    world.access(55, 0, pin="0000000000")
+    assert world.store.env.info()["last_txnid"] == before + 1
+    assert world.card(55, 0).failed_pins == 1
