@@ -8,6 +8,7 @@ only place that turns a decision into attributes, so the business rules never th
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from . import dictionary as d
@@ -29,9 +30,15 @@ def format_amount(micro: int) -> str:
 
 
 def _vsa(profile: Profile, vendor_type: int, value: str) -> Attribute:
-    if profile.prefixed_values:
+    return _vsa_attribute(profile.vendor, profile.prefixed_values, vendor_type, value)
+
+
+@lru_cache(maxsize=4096)
+def _vsa_attribute(vendor: int, prefixed: bool, vendor_type: int, value: str) -> Attribute:
+    """Most reply values repeat (return codes, currency, common amounts), so their bytes are cached."""
+    if prefixed:
         value = f"{d.H323_NAMES[vendor_type]}={value}"
-    return d.vsa_key(profile.vendor, vendor_type), value.encode()
+    return d.vsa_key(vendor, vendor_type), value.encode()
 
 
 def return_code(profile: Profile, outcome: d.ReturnCode) -> int:
