@@ -234,7 +234,7 @@ def list_cards(store: Store, keyring: KeyRing, principal: Principal, flt: CardFi
             break
     more = len(found) > limit
     found = found[:limit]
-    if include_pins and found:
+    if (include_pins or flt.pin) and found:  # a lookup by PIN is a PIN access even without the PIN
         tenant = found[0][0].reseller if flt.series else ""
         audit_pin_access(store, principal, "ListCards", flt, len(found), now=clock(), tenant=tenant)
     views = [view(keyring, s, serial, card, with_pin=include_pins) for s, serial, card in found]

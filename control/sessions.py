@@ -120,17 +120,16 @@ def release_session(store: Store, keyring: KeyRing, principal: Principal, sid: s
     """Close one open call as the sweeper would; returns (the session afterwards, or None when a
     never-started call was removed; the reserved money given back).
 
-    Releasing a call on another tenant's card is an admin operation (PermissionError).
+    Another tenant's call answers NotFound, exactly like one that does not exist: session ids are
+    built from the NAS and call id, which may be guessable, so existence must not leak.
     """
     skey = parse_session_id(sid)
     now = clock()
     with store.transaction(write=True) as txn:
         session = get_session(txn, store, skey)
-        if session is None:
+        owner = _Owners(txn, store).of(session) if session is not None else None
+        if session is None or (not principal.is_admin and owner != principal.reseller):
             raise NotFound(f"session {sid} does not exist")
-        owner = _Owners(txn, store).of(session)
-        if not principal.is_admin and owner != principal.reseller:
-            raise PermissionError("releasing another tenant's call requires an admin token")
         if session.state not in _OPEN:
             raise Refused(f"session {sid} is already finished")
         before = {"state": session.state.label, "reserved": session.reserved, "charged": session.charged}
