@@ -32,7 +32,7 @@ from radcore.rating import get_rate_table
 from radcore.store import MAX_SERIES, Series, SeriesStatus, Store, get_series, put_series
 
 DEFAULT_PIN_LENGTH = 10
-DEFAULT_CHUNK = 2000
+from radcore.generation import DEFAULT_CHUNK  # noqa: E402  (one chunk size for every caller)
 _INT64_MAX = 2**63 - 1
 #: Fields UpdateSeries may change; every other Series field is fixed once cards exist.
 EDITABLE = ("name", "notes", "face_balance", "rate_table", "tax_profile", "routing_plan", "activation_fee",
