@@ -31,9 +31,14 @@ run: install
 test: sysdeps install
 	RADCORE_REQUIRE_EXTENSIONS=1 RADCORE_REQUIRE_INTEROP=1 RADCORE_REQUIRE_BROWSER=1 \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest bench --benchmark-disable -q -p no:cacheprovider
 
 bench: sysdeps install
 	$(BIN)/python -m pytest bench $(PYTEST_ARGS)
+
+compare: sysdeps install
+	command -v freeradius >/dev/null || scripts/install-system-deps.sh freeradius
+	bench/compare $(COMPARE_ARGS)
 
 clean:
 	rm -rf build *.egg-info radcore/_fastpath.c radcore/*.so control/_proto var .pytest_cache

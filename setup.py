@@ -76,6 +76,10 @@ def extensions():
         Extension("radcore._fastpath", ["radcore/_fastpath.pyx"], define_macros=macros,
                   extra_compile_args=["-O3"]),
     ]
+    if sys.platform.startswith("linux"):
+        # The benchmark load generator's engine (recvmmsg/sendmmsg/ppoll are Linux calls).
+        exts.append(Extension("bench._loadgen", ["bench/_loadgen.pyx"], define_macros=macros,
+                              extra_compile_args=["-O3"]))
     built = cythonize(exts, compiler_directives=directives, annotate=DEBUG)
     # cythonize() resets `optional`; set it afterwards so a machine without a compiler still installs.
     for ext in built:
