@@ -290,12 +290,12 @@ def _device_sectors_written(path: str) -> int | None:
         return None
 
 
-def head_generation_source(dest: Path) -> dict[str, str] | None:
-    """Write radcore/generation.py as committed at git HEAD to `dest` (read-only `git show`), the
+def head_generation_source(dest: Path, rev: str = "HEAD") -> dict[str, str] | None:
+    """Write radcore/generation.py as committed at `rev` to `dest` (read-only `git show`), the
     baseline a working-tree change to generation is compared with. None without git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=30, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
         source = subprocess.run(["git", "show", f"{commit}:radcore/generation.py"], cwd=ROOT,
                                 capture_output=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
@@ -968,6 +968,14 @@ def _header(*names: str) -> list[str]:
     return [_row(*names), _row(*(["---"] * len(names)))]
 
 
+_SOURCE_TAGS: dict[str, str] = {}
+
+
+def _run_id(r: dict[str, Any]) -> str:
+    src = r.get("source", "this run")
+    return str(r["rep"]) if src == "this run" else f"{r['rep']} ({_SOURCE_TAGS.get(src, 'merged')})"
+
+
 def _triple(d: dict[str, Any], digits: int = 2) -> str:
     return f"{_fmt(d['p50_ms'], digits)} / {_fmt(d['p99_ms'], digits)} / {_fmt(d['max_ms'], 1)}"
 
@@ -977,45 +985,69 @@ _LABELS = {"same": "same store", "nosync": "same store, generator sync off",
 
 
 def gen_label(r: dict[str, Any]) -> str:
-    code = "HEAD generation.py" if r.get("code") == "head" else "working-tree generation.py"
+    code = "baseline generation.py" if r.get("code") == "head" else "working-tree generation.py"
     run = f", PIN_RUN {r['pin_run']:,}" if r.get("pin_run") else ""
     pause = f", paced x{r['pause_factor']:g}" if r.get("pause_factor") else ""
     nice = f", nice {r['nice']}" if r.get("nice") else ""
     return f"{code}: {_LABELS.get(r['variant'], r['variant'])}{run}{pause}{nice}"
 
 
-def pooled_idle_p99(doc: dict[str, Any]) -> float | None:
-    """Median over every accounting run of this invocation of the idle p99 before *and* after its
+def pooled_idle_p99(runs: list[dict[str, Any]]) -> float | None:
+    """Median over accounting runs of one invocation of the idle p99 before *and* after each
     generation: a baseline that one background-load spike in one idle window cannot move much."""
-    values = [r[k]["p99_ms"] for r in doc.get("latency", []) if r["mode"] == "acct"
+    values = [r[k]["p99_ms"] for r in runs if r["mode"] == "acct"
               for k in ("idle", "idle_after") if r.get(k, {}).get("p99_ms")]
     return percentile(values, 50)
 
 
 def annotate(doc: dict[str, Any]) -> None:
-    """Add the ratio of each run's during-generation p99 to the pooled idle p99."""
-    pooled = pooled_idle_p99(doc)
-    doc["pooled_idle_p99_ms"] = pooled
+    """Add the ratio of each run's during-generation p99 to the pooled idle p99 of its invocation."""
+    by_source: dict[str, list[dict[str, Any]]] = {}
     for r in doc.get("latency", []):
-        if r["mode"] == "acct" and pooled and r["during"]["p99_ms"]:
-            r["p99_ratio_pooled"] = round(r["during"]["p99_ms"] / pooled, 2)
-            r["meets_target_pooled"] = r["p99_ratio_pooled"] <= TARGET_RATIO
+        by_source.setdefault(r.get("source", "this run"), []).append(r)
+    doc["pooled_idle_p99_ms"] = {src: pooled_idle_p99(runs) for src, runs in by_source.items()}
+    for src, runs in by_source.items():
+        pooled = doc["pooled_idle_p99_ms"][src]
+        for r in runs:
+            if r["mode"] == "acct" and pooled and r["during"]["p99_ms"]:
+                r["p99_ratio_pooled"] = round(r["during"]["p99_ms"] / pooled, 2)
+                r["meets_target_pooled"] = r["p99_ratio_pooled"] <= TARGET_RATIO
+
+
+def _runs_sentence(doc: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for r in doc.get("latency", []):
+        key = f"{r['mode']}|{gen_label(r)}|{r['chunk_size']}"
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return f"every measurement ran {doc['params']['repeat']} times"
+    low, high = min(counts.values()), max(counts.values())
+    return f"each RADIUS configuration ran {low} times" if low == high else \
+        f"each RADIUS configuration ran {low} to {high} times"
 
 
 def markdown(doc: dict[str, Any]) -> str:
     annotate(doc)
     m, p = doc["machine"], doc["params"]
+    sources = []
+    for item in doc.get("exports", []) + doc.get("generation", []) + doc.get("latency", []):
+        src = item.get("source", "this run")
+        if src != "this run" and src not in sources:
+            sources.append(src)
+    _SOURCE_TAGS.clear()
+    _SOURCE_TAGS.update({src: chr(ord("A") + i) for i, src in enumerate(sources)})
     load = ", ".join(f"{x:.2f}" for x in m["loadavg_start"])
     lines = ["# Card generation, export, and RADIUS during generation", "", f"`{doc['command']}`", "",
              (f"{m['date']} on {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, lmdb "
               f"{m.get('lmdb')}, openpyxl {m.get('openpyxl')}; load average at start {load}. Shared, noisy "
-              f"machine: every measurement ran {p['repeat']} times, all runs shown."), ""]
+              f"machine: {_runs_sentence(doc)}, all runs shown."), ""]
     code = doc.get("generation_code") or {}
     if code:
         head = code.get("head") or {}
-        lines += [(f"radcore/generation.py: working tree sha256 {code.get('current_sha256')}, git HEAD "
-                   f"{(head.get('commit') or '?')[:10]} sha256 {head.get('sha256')}"
-                   + (" (the working tree differs from HEAD: both are measured, labelled per row)"
+        lines += [(f"radcore/generation.py: working tree sha256 {code.get('current_sha256')}; baseline = as "
+                   f"committed at {(head.get('commit') or '?')[:10]} (`--baseline-rev {code.get('baseline_rev', 'HEAD')}`), "
+                   f"sha256 {head.get('sha256')}"
+                   + (" (differs from the working tree: both are measured, labelled per row)"
                       if code.get("current_differs_from_head") else "")), ""]
     gens = doc.get("generation") or [dict(r["generation"], rep=r["rep"]) for r in doc.get("generation_export", [])]
     if gens:
@@ -1025,7 +1057,7 @@ def markdown(doc: dict[str, Any]) -> str:
                          "lock hold p50 / p99 / max ms", "commit (fsync) p99 ms")
         for g in gens:
             mem = g["memory"]
-            lines.append(_row("HEAD" if g.get("code") == "head" else "working tree", _fmt(g["chunk_size"]), g["rep"],
+            lines.append(_row("baseline" if g.get("code") == "head" else "working tree", _fmt(g["chunk_size"]), _run_id(g),
                               _fmt(g["wall_s"]), _fmt(g["cards_per_s"]),
                               f"{_fmt(mem['peak_rss_mib'])} ({_fmt(mem['peak_anon_mib'])} / "
                               f"{_fmt(mem['peak_file_mib'])})", _fmt(g["data_mdb_bytes"]),
@@ -1036,15 +1068,11 @@ def markdown(doc: dict[str, Any]) -> str:
                                      for e in r["exports"]]
     if exports:
         lines += ["", "## Exporting cards (admin, chunks written to a file)", ""]
-        sources = sorted({e.get("source", "this run") for e in exports})
-        if sources != ["this run"]:
-            lines += ["Measured by: " + "; ".join(f"`{src}`" for src in sources)
-                      + " (export code unchanged since; the store's PIN order does not affect it).", ""]
         lines += _header("run", "format", "rows", "wall s", "rows/s", "peak RSS MiB", "of which anon / file-backed",
                          "RSS before export MiB", "file bytes")
         for e in exports:
             mem = e["memory"]
-            lines.append(_row(e["rep"], e["fmt"] + (" (openpyxl on lxml)" if e["lxml"] else ""), _fmt(e["rows"]),
+            lines.append(_row(_run_id(e), e["fmt"] + (" (openpyxl on lxml)" if e["lxml"] else ""), _fmt(e["rows"]),
                               _fmt(e["wall_s"]), _fmt(e["rows_per_s"]), _fmt(mem["peak_rss_mib"]),
                               f"{_fmt(mem['peak_anon_mib'])} / {_fmt(mem['peak_file_mib'])}",
                               _fmt(mem["start_rss_mib"]), _fmt(e["file_bytes"])))
@@ -1052,17 +1080,19 @@ def markdown(doc: dict[str, Any]) -> str:
     if acct:
         lines += ["", (f"## Accounting latency while {p['latency_cards']:,} cards are generated ({p['rate']:.0f} "
                        f"req/s Start/Stop, {p['workers']} workers, target: p99 during <= {TARGET_RATIO:g} x idle)"), ""]
-        pooled = doc.get("pooled_idle_p99_ms")
+        pooled = doc.get("pooled_idle_p99_ms") or {}
+        pooled_text = "; ".join(f"{_fmt(v, 2)} ms ({'this run' if k == 'this run' else _SOURCE_TAGS.get(k, k)})"
+                                for k, v in pooled.items())
         lines += [(f"Ratio = p99 during generation / p99 idle of the same run (10 s before it). Because one "
                    f"background-load spike in a 10 s idle window can fake a pass, the second ratio divides by "
-                   f"the pooled idle p99 of this invocation instead (median of every run's idle-before and "
-                   f"idle-after p99: {_fmt(pooled, 2)} ms). A configuration meets the target only if it "
-                   f"passes on both in every run."), ""]
+                   f"the pooled idle p99 of the invocation instead (median of every run's idle-before and "
+                   f"idle-after p99: {pooled_text}). A configuration meets the target only if it passes on "
+                   f"both in every run."), ""]
         lines += _header("generator", "chunk_size", "runs", "during p99 ms per run", "p99 ratio per run (own idle)",
                          "p99 ratio per run (pooled idle)", "meets 3x", "gen lock hold p50 / p99 ms per run",
                          "LMDB written B/card", "gen wall s per run")
         groups: dict[str, list[dict[str, Any]]] = {}
-        for r in acct:
+        for r in sorted(acct, key=lambda r: (r.get("code") != "head", r["variant"], r["chunk_size"])):
             groups.setdefault(f"{gen_label(r)}|{r['chunk_size']}", []).append(r)
         for key, rs in groups.items():
             name, chunk = key.rsplit("|", 1)
@@ -1084,7 +1114,7 @@ def markdown(doc: dict[str, Any]) -> str:
             i, d_, g = r["idle"], r["during"], r["generation"]
             held = g["txn"]["held_fraction"]
             ov = r["overlap"]
-            lines.append(_row(gen_label(r), _fmt(r["chunk_size"]), r["rep"], _triple(i), _triple(d_),
+            lines.append(_row(gen_label(r), _fmt(r["chunk_size"]), _run_id(r), _triple(i), _triple(d_),
                               _fmt(d_["count"]), _fmt(d_["lost"] + i["lost"]), f"**{_fmt(r['p99_ratio'], 2)}**",
                               "yes" if r["meets_target"] else "NO",
                               _fmt(r.get("idle_after", {}).get("p99_ms"), 2), _fmt(g["wall_s"]),
@@ -1099,11 +1129,14 @@ def markdown(doc: dict[str, Any]) -> str:
                          "idle-after req/s", "idle p99 ms", "during p99 ms", "accepts", "timeouts", "gen wall s")
         for r in auth:
             i, d_ = r["idle"], r["during"]
-            lines.append(_row(gen_label(r), _fmt(r["chunk_size"]), r["rep"], _fmt(i["per_s"]), _fmt(d_["per_s"]),
+            lines.append(_row(gen_label(r), _fmt(r["chunk_size"]), _run_id(r), _fmt(i["per_s"]), _fmt(d_["per_s"]),
                               f"**{_fmt(r['throughput_ratio'], 2)}**", _fmt(r.get("idle_after", {}).get("per_s")),
                               _fmt(i["latency_p99_ms"], 2), _fmt(d_["latency_p99_ms"], 2),
                               f"{_fmt(i['accepts'] + d_['accepts'])} of {_fmt(i['replies'] + d_['replies'])}",
                               _fmt(i["timeouts"] + d_["timeouts"]), _fmt(r["generation"]["wall_s"])))
+    if _SOURCE_TAGS:
+        lines += ["", "## Invocations merged into this report", ""]
+        lines += [f"- **{tag}**: `{src}`" for src, tag in _SOURCE_TAGS.items()]
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"
@@ -1154,7 +1187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=0,
                         help="section 1-2 chunk size (0 = generate_series' default)")
     parser.add_argument("--gen-codes", default="current,head",
-                        help="section 1 (--sections gen) runs: current (working tree) and/or head")
+                        help="section 1 (--sections gen) runs: current (working tree) and/or head (baseline)")
+    parser.add_argument("--baseline-rev", default="HEAD",
+                        help="git revision whose radcore/generation.py the `head` configurations run")
+    parser.add_argument("--first-rep", type=int, default=1, help="number of the first repetition (labels only)")
     parser.add_argument("--configs", type=_parse_configs,
                         default=_parse_configs("same:2000:head,same:200:head,same:10000:head,same:2000:p3:head,"
                                                "nosync:2000:head,other:2000:head,"
@@ -1175,6 +1211,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of: gen (section 1), export (section 2, on a fresh generation), acct, auth")
     parser.add_argument("--merge-exports", metavar="JSON",
                         help="take section 2 (exports) from an earlier result instead of running it again")
+    parser.add_argument("--merge-latency", metavar="JSON", action="append", default=[],
+                        help="add the accounting/auth runs of an earlier result (labelled; pooled idle is per "
+                             "invocation); repeatable")
     parser.add_argument("--workdir", help="where temp stores go (default: the system temp dir)")
     parser.add_argument("--raw", action="store_true", help="also write per-request samples to OUT.raw.json")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown beside an existing JSON result")
@@ -1195,13 +1234,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="radcore-bench-gen-", dir=args.workdir))
-    head = head_generation_source(workdir / "generation_head.py")
+    head = head_generation_source(workdir / "generation_head.py", args.baseline_rev)
     from radcore import generation as _current
     current_sha = hashlib.sha256(Path(_current.__file__).read_bytes()).hexdigest()[:16]
     doc: dict[str, Any] = {
         "command": "python -m bench.bench_generation " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
-        "generation_code": {"current_sha256": current_sha, "head": head,
+        "generation_code": {"current_sha256": current_sha, "head": head, "baseline_rev": args.baseline_rev,
                             "current_differs_from_head": bool(head and head["sha256"] != current_sha)},
         "params": {"cards": args.cards, "small": args.small, "repeat": args.repeat, "chunk_size": args.chunk_size,
                    "latency_cards": args.cards, "rate": args.rate, "idle_seconds": args.idle_seconds,
@@ -1214,6 +1253,12 @@ def main(argv: list[str] | None = None) -> int:
         for rep_doc in earlier.get("generation_export", []):
             doc["exports"] += [dict(e, rep=rep_doc["rep"], source=source) for e in rep_doc["exports"]]
         doc["exports"] += [dict(e, source=e.get("source", source)) for e in earlier.get("exports", [])]
+    for path in args.merge_latency:
+        earlier = json.loads(Path(path).read_text())
+        source = f"{earlier['command']} ({earlier['machine']['date']})"
+        doc["latency"] += [dict(r, source=r.get("source") if r.get("source", "this run") != "this run" else source)
+                           for r in earlier.get("latency", [])]
+        doc["generation"] += [dict(g, source=g.get("source", source)) for g in earlier.get("generation", [])]
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -1242,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("WARNING: " + note)
 
     try:
-        for rep in range(1, args.repeat + 1):
+        for rep in range(args.first_rep, args.first_rep + args.repeat):
             if "gen" in sections:
                 for code in filter(None, args.gen_codes.split(",")):
                     if code == "head" and not head:

@@ -67,7 +67,7 @@ def test_accounting_and_auth_during_generation_smoke(workdir):
            "generation": [], "exports": [], "latency": [dict(acct, rep=1), dict(auth, rep=1)]}
     text = bg.markdown(doc)
     assert "| working-tree generation.py: same store, PIN_RUN 1,000 | 500 | 1 |" in text
-    assert "HEAD generation.py: other store (no shared lock), paced x1" in text
+    assert "baseline generation.py: other store (no shared lock), paced x1" in text
     assert doc["latency"][0]["p99_ratio_pooled"] is not None
     json.dumps(doc)
 
