@@ -63,6 +63,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Self
 
+from bench.procs import terminate
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -636,13 +638,7 @@ class Server:
 
     def stop(self) -> None:
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            terminate(self.proc, 15)
         finally:
             self._log.close()
 

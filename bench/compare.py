@@ -49,6 +49,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.freeradius import FreeRadius, build_config, free_port
+from bench.procs import terminate
 from bench.provision import copy_store, provision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +141,10 @@ class RadcoreServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def _kill_workers(self) -> None:
+        for pid in self.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+
     def worker_pids(self) -> list[int]:
         pid = self.pid
         try:
@@ -179,15 +184,7 @@ class RadcoreServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                for pid in self.worker_pids():
-                    os.kill(pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 20, before_kill=self._kill_workers)
         self._log.close()
         self.proc = None
         if self.data_root:
@@ -244,13 +241,7 @@ class PyradServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
         self.proc = None
 

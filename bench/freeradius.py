@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from bench.procs import terminate
+
 BINARY = "freeradius"
 RECV_BUFF = 4 << 20   # the socket receive buffer radcore asks for too; the kernel caps it at rmem_max
 
@@ -218,13 +220,7 @@ class FreeRadius:
         """SIGTERM by PID, SIGKILL after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
         self.proc = None
 
