@@ -62,7 +62,10 @@ SECURITY_HEADERS = (
 def load_or_create_secret(config: Config) -> bytes:
     """The signing key: `control.portal_secret_file` if set (it must exist: several control
     processes behind one address must share it, so silently inventing one would log holders out
-    at random), else `<data_dir>/portal.secret`, created with 32 random bytes on first use."""
+    at random), else `<data_dir>/portal.secret`, created on first use.
+
+    A created secret is 32 random bytes written as hex text: the reader strips surrounding
+    whitespace (operators create these files with `echo`), which would eat raw random bytes."""
     configured = config.control.portal_secret_file
     if configured:
         try:
@@ -76,7 +79,7 @@ def load_or_create_secret(config: Config) -> bytes:
     except FileNotFoundError:
         pass
     os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
-    secret = secrets.token_bytes(SECRET_SIZE)
+    secret = secrets.token_hex(SECRET_SIZE).encode()
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
