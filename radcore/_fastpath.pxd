@@ -113,3 +113,15 @@ cdef class Request:
     cdef readonly bint has_message_authenticator  # a Message-Authenticator (80) was present and verified
 
     cpdef tuple as_tuple(self)
+
+
+# Functions other Cython modules of radcore (the card-auth lane, radcore/_lane.pyx) call at C speed.
+cdef void _md5_update(Md5* m, const uint8_t* p, Py_ssize_t n) noexcept nogil
+cdef void _md5_of(uint8_t* out, const uint8_t* a, Py_ssize_t na, const uint8_t* b, Py_ssize_t nb,
+                  const uint8_t* c, Py_ssize_t nc, const uint8_t* d, Py_ssize_t nd) noexcept nogil
+cdef void _packet_md5(uint8_t* out, const uint8_t* pkt, Py_ssize_t n, const uint8_t* auth,
+                      Py_ssize_t nauth, bytes secret) noexcept
+cdef void _packet_hmac(uint8_t* out, const uint8_t* pkt, Py_ssize_t n, const uint8_t* auth,
+                       Py_ssize_t offset, bytes secret)
+cdef bytes _unhide(const uint8_t* hidden, Py_ssize_t n, bytes secret, const uint8_t* auth,
+                   Py_ssize_t nauth)

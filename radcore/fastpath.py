@@ -15,6 +15,7 @@ Environment switches, read once at import (any non-empty value counts, as in set
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Literal
 
 NO_EXTENSIONS = bool(os.environ.get("RADCORE_NO_EXTENSIONS"))
@@ -56,3 +57,17 @@ def _pick():
 _module, IMPLEMENTATION = _pick()
 globals().update({name: getattr(_module, name) for name in __all__ if name != "IMPLEMENTATION"})
 del _module, _pick
+
+
+def load_lane():
+    """`radcore._lane`, the worker's C batch loop, or None where it is not built (not Linux, or
+    `RADCORE_NO_EXTENSIONS`). With `RADCORE_REQUIRE_EXTENSIONS` a Linux build without it is an error."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        from . import _lane
+    except ImportError:  # pragma: no cover
+        if REQUIRE_EXTENSIONS and sys.platform.startswith("linux"):
+            raise
+        return None
+    return _lane

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import dictionary as d
+from . import fastpath
 from . import replies
 from .clock import Clock, default_clock
 from .errors import StoreError
@@ -62,6 +63,9 @@ class PrepaidHandler:
         self.lookups = Lookups(self.store)
         self.auth = CardAuthenticator(self.store, self.keyring, config.prepaid, self.lookups)
         self.settlement = Settlement(self.store, self.keyring, config.prepaid, self.lookups)
+        #: The C lane that answers plain card authentications inside the worker's loop (see
+        #: `radcore._cardauth`); None where the extensions are not built.
+        self.fast_answer = _card_auth_lane(self.store, self.keyring, self.lookups, self.clock)
         self.failed_commits = 0
         self.poisoned = 0
         self._next_sweep = 0
@@ -180,6 +184,14 @@ class _Poisoned(Exception):
     def __init__(self, index: int):
         super().__init__(index)
         self.index = index
+
+
+def _card_auth_lane(store: Store, keyring: KeyRing, lookups: Lookups, clock: Clock):
+    if fastpath.load_lane() is None:
+        return None
+    from ._cardauth import CardAuthLane
+
+    return CardAuthLane(store, keyring, lookups, clock)
 
 
 def make_handler(config: Config) -> PrepaidHandler:

@@ -167,6 +167,12 @@ class KeyRing:
         mac.update(pin.encode())
         return mac.digest()
 
+    @property
+    def pin_pepper(self) -> bytes:
+        """The HMAC key of `pin_digest`, for the C card-authentication lane (`radcore._cardauth`),
+        which computes the same digest without a str round trip. Never log or export it."""
+        return self._pepper
+
     def pin_matches(self, pin: str, digest: bytes) -> bool:
         """Constant-time comparison, so response timing does not leak how much of a guess was right."""
         return hmac.compare_digest(self.pin_digest(pin), digest)

@@ -61,7 +61,7 @@ DROP_REASONS = (
 #: Histogram bucket upper bounds in seconds, 25 µs .. 1 s (+Inf is implicit).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
                    50e-3, 100e-3, 250e-3, 500e-3, 1.0)
-SCALARS = ("duplicates", "send_errors", "batches", "internal_errors", "worker_restarts")
+SCALARS = ("duplicates", "send_errors", "batches", "internal_errors", "worker_restarts", "fast_answers")
 
 # Row layout: offsets of each group in a row of unsigned 64-bit integers.
 _RECV = 0
@@ -151,8 +151,8 @@ class Recorder:
         # Continue from what this slot's previous process published (see module docstring).
         self.counts = array("Q", self._view[self._base:self._base + ROW].tobytes())
 
-    def received(self, code: int) -> None:
-        self.counts[_RECV_INDEX.get(code, _RECV + 3)] += 1
+    def received(self, code: int, n: int = 1) -> None:
+        self.counts[_RECV_INDEX.get(code, _RECV + 3)] += n
 
     def replied(self, code: int, n: int = 1) -> None:
         self.counts[_REPLY_INDEX.get(code, _REPLY + 1)] += n
@@ -232,7 +232,8 @@ class _Collector:
                  "send_errors": "Replies the kernel refused to send",
                  "batches": "Batches handled by the workers",
                  "internal_errors": "Batches that hit an unexpected exception",
-                 "worker_restarts": "Workers restarted after an unexpected exit"}
+                 "worker_restarts": "Workers restarted after an unexpected exit",
+                 "fast_answers": "Requests answered by the C card-authentication lane (also in replies)"}
         for name in SCALARS:
             yield CounterMetricFamily(f"radcore_{name}", helps[name], value=snap[name])
         lat = snap["latency"]

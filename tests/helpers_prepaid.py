@@ -163,10 +163,12 @@ def attr_int(reply, attr: int) -> int | None:
     return None
 
 
-def make_world(tmp_path: Path) -> World:
+def make_world(tmp_path: Path, extra_config: str = "") -> World:
+    """A store with the `retail` rate table, the clients of CONFIG (plus `extra_config` TOML), a
+    handler at T0; no series yet."""
     data = tmp_path / "data"
     conf = tmp_path / "radcore.toml"
-    conf.write_text(textwrap.dedent(CONFIG.format(data=data, secret=SECRET.decode())))
+    conf.write_text(textwrap.dedent(CONFIG.format(data=data, secret=SECRET.decode())) + textwrap.dedent(extra_config))
     config = load_config(conf)
     store = Store(data, map_size=1 << 30)
     keyring = KeyRing.load_or_create(str(tmp_path / "radcore.key"))

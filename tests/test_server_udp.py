@@ -376,7 +376,7 @@ def worker_env(tmp_path):
 
 def _serve_once(worker, sock, kind=AUTH):
     time.sleep(0.05)  # let loopback deliver everything sent so far
-    worker._serve([(sock, kind)])
+    worker._serve([[s for s, _ in worker.socks].index(sock)])
 
 
 def test_copies_in_one_batch_are_handled_once_and_all_answered(worker_env):
