@@ -27,11 +27,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
 
-import logging
-
 from radcore.errors import PacketError
-
-log = logging.getLogger("radcore.server")
 
 cdef extern from "<sys/uio.h>":
     cdef struct iovec:
@@ -140,7 +136,8 @@ cdef class Lane:
     cdef dict ip_text               # IPv4 address (host order) -> its dotted-quad str
     cdef object config              # the radcore.config.Config the client memo belongs to
     cdef dict clients               # source ip text -> radcore.config.Client or None
-    cdef public object on_recv_error
+    cdef public object on_recv_error   # called with the error text when recvmmsg fails
+    cdef public object on_lane_error   # called with the exception when the fast answer raises
 
     def __cinit__(self, socks, int batch_max):
         cdef int i
@@ -174,6 +171,7 @@ cdef class Lane:
         self.config = None
         self.clients = {}
         self.on_recv_error = None
+        self.on_lane_error = None
 
     def __dealloc__(self):
         PyMem_Free(self.rx)
@@ -262,6 +260,7 @@ cdef class Lane:
         cdef object entries = cache._entries
         cdef int answered = 0
         cdef bint began = False
+        cdef FastAnswer lane_answer = fast
         cdef double seconds = cache.seconds
         cdef object expires = None
         if config is not self.config:
@@ -284,10 +283,19 @@ cdef class Lane:
                         # by the Python path. Same key, new authenticator: a new request that
                         # reuses the Identifier, and its reply replaces the entry.
                         if entry is None or entry[0] != auth:
-                            if not began:
-                                fast.begin()
-                                began = True
-                            wire = fast.answer(pkt, n, client)
+                            wire = None
+                            try:
+                                if not began:
+                                    began = True
+                                    fast.begin()
+                                wire = fast.answer(pkt, n, client)
+                            except Exception as exc:
+                                # The store failed under the lane (a reader-table or I/O error):
+                                # stop using it for this batch; the Python path meets the same
+                                # error and answers as the handler documents (or not at all).
+                                fast = None
+                                if self.on_lane_error is not None:
+                                    self.on_lane_error(exc)
                             if wire is not None:
                                 self._queue_name(k, wire, self.rx_names + <size_t>i * NAME,
                                                  self.rx_msg[i].msg_hdr.msg_namelen)
@@ -302,7 +310,7 @@ cdef class Lane:
                 rest.append((PyBytes_FromStringAndSize(<const char*>pkt, n), addr, self.socks[k], kind))
         finally:
             if began:
-                fast.end()
+                lane_answer.end()
             if expires is not None:
                 cache.expire()
         return answered, rest

@@ -192,6 +192,7 @@ class Worker:
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
         if self.lane is not None:
             self.lane.on_recv_error = self._on_recv_error
+            self.lane.on_lane_error = self._on_lane_error
 
     def run(self, sigmask: set | None = None) -> int:
         """Serve until SIGTERM (or the supervisor dies); the batch in hand is always finished.
@@ -279,6 +280,11 @@ class Worker:
 
     def _on_recv_error(self, error: str) -> None:
         self.ratelog(logging.WARNING, "recv", "recvmmsg failed: %s", error)
+
+    def _on_lane_error(self, exc: Exception) -> None:
+        self.recorder.add("internal_errors")
+        self.ratelog(logging.ERROR, "lane", "card-auth lane failed, the batch takes the Python path: %s",
+                     exc, exc_info=exc)
 
     def _serve_python(self, ready: list[tuple[socket.socket, int]]) -> None:
         """Drain the ready sockets round-robin (so neither port starves the other), then handle."""

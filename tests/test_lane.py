@@ -13,6 +13,7 @@ import hmac
 import os
 import random
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -301,3 +302,49 @@ def test_a_served_worker_answers_card_auth_in_the_lane_and_retransmissions_from_
         assert accepts() == 3
         assert server.metrics()["radcore_fast_answers_total"] == 2  # all but the activation
         assert server.metrics()[metric_key("radcore_requests_received_total", type="access_request")] == 4
+
+
+def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world):
+    """The lane never loses a request: if its store read fails, every datagram of the batch comes
+    back for the Python path (which answers as the handler documents) and the error is reported."""
+    import socket
+
+    from radcore._cardauth import CardAuthLane
+    from radcore._lane import Lane
+    from radcore.dupcache import AUTH, DuplicateCache
+
+    class BrokenStore:
+        cards = None
+
+        def begin(self):
+            raise OSError("reader table full")
+
+    world.add_series(45, quantity=1, initial_status=CardStatus.ACTIVATED)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    nas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        lane = Lane([(server, AUTH)], 8)
+        errors = []
+        lane.on_lane_error = errors.append
+        raws = [request(user=b"45-000000000", pin=world.pins[45][0].encode()) for _ in range(3)]
+        for raw in raws:
+            nas.sendto(raw, server.getsockname())
+        time.sleep(0.05)  # loopback has delivered by now; this is only slack for a loaded machine
+        assert lane.receive([0]) == 3
+        broken = CardAuthLane(BrokenStore(), world.keyring, world.handler.lookups, world.clock)
+        answered, rest = lane.serve(broken, world.config, DuplicateCache(30))
+        assert answered == 0 and [r[0] for r in rest] == raws
+        assert len(errors) == 1 and "reader table full" in str(errors[0])
+        # With a working lane the same datagrams are answered in C and queued for one sendmmsg.
+        answered, rest = lane.serve(world.handler.fast_answer, world.config, DuplicateCache(30))
+        assert answered == 3 and rest == []
+        sent, failed = lane.flush()
+        assert sent == 3 and failed == []
+        nas.settimeout(3)
+        replies = [nas.recv(4096) for _ in range(3)]
+        assert sorted(r[1] for r in replies) == sorted(r[1] for r in raws)
+    finally:
+        server.close()
+        nas.close()
