@@ -347,8 +347,8 @@ def import_rates(store: Store, principal: Principal, table: str, data: bytes, *,
             _existing(txn, store, table)  # deleted mid-import: stop rather than write orphans
             for _, rate in good[start:start + IMPORT_CHUNK]:
                 rating.put_rate(txn, store, table, rate, bump=False)
+            bump_version(txn, store)  # each chunk: workers cache a table's prefixes per version
             if last:
-                bump_version(txn, store)
                 audit.record(txn, store, principal, "ImportRates", f"rate_table/{table}", now=now,
                              after={"imported": len(good), "lines_with_errors": len(errors)})
     return ImportReport(len(good), reported)

@@ -69,6 +69,7 @@ class Lookups:
     series: dict[int, st.Series | None] = field(default_factory=dict)
     taxes: dict[str, int] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)
+    prefixes: dict[str, frozenset[str] | None] = field(default_factory=dict)
 
     def refresh(self, txn) -> None:
         version = st.get_version(txn, self.store, "config_version")
@@ -77,6 +78,16 @@ class Lookups:
             self.series.clear()
             self.taxes.clear()
             self.routes.clear()
+            self.prefixes.clear()
+
+    def rate_prefixes(self, txn, table: str) -> frozenset[str] | None:
+        """`rating.rate_prefixes` of a table, read once per config version (rate edits bump it)."""
+        try:
+            return self.prefixes[table]
+        except KeyError:
+            found = rating.rate_prefixes(txn, self.store, table)
+            self.prefixes[table] = found
+            return found
 
     def get_series(self, txn, number: int) -> st.Series | None:
         try:
@@ -323,7 +334,8 @@ class CardAuthenticator:
         profile = client.profile
         digits = rating.normalize_number(called, strip_plus=profile.strip_plus,
                                          strip_00=profile.strip_00, tech_prefix=profile.tech_prefix)
-        rate = rating.find_rate(txn, self.store, series.rate_table, digits, now) if digits else None
+        rate = (rating.find_rate(txn, self.store, series.rate_table, digits, now,
+                                 self.lookups.rate_prefixes(txn, series.rate_table)) if digits else None)
         if rate is None:
             return _deny(ReturnCode.CALLED_NUMBER_BLOCKED, "called number blocked")
 

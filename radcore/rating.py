@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
 from typing import Iterator
 
 import lmdb
@@ -21,6 +22,7 @@ from radcore.store import (RateTable, SeriesStatus, Store, Series, bump_version,
 
 PPM = 1_000_000
 MAX_PREFIX_DIGITS = 32
+PREFIX_SET_LIMIT = 200_000
 DEFAULT_CAP = 86_400
 
 #: Rate value (the prefix and effective_from are in the key): price_per_minute i64, connection_fee
@@ -267,13 +269,39 @@ def iter_rates(txn: lmdb.Transaction, store: Store, table: str) -> Iterator[Rate
         raise store.error(e) from e
 
 
-def find_rate(txn: lmdb.Transaction, store: Store, table: str, digits: str, now: int) -> Rate | None:
+def rate_prefixes(txn: lmdb.Transaction, store: Store, table: str,
+                  limit: int = PREFIX_SET_LIMIT) -> frozenset[str] | None:
+    """Every prefix with a rate in `table` (any period), or None for a table of more than `limit` rates.
+
+    `find_rate` probes up to 33 prefix lengths with a cursor seek each; with this set (cached per
+    worker until `config_version` changes) it seeks only lengths that exist, usually one or two.
+    Past `limit` the one-off scan would stall a worker for too long, so big tables probe as before.
+    """
+    base = _table_prefix(table)
+    found: set[str] = set()
+    try:
+        cursor = txn.cursor(db=store.rates)
+        if cursor.set_range(base):
+            for key in cursor.iternext(keys=True, values=False):
+                if key[:len(base)] != base:
+                    break
+                found.add(key[len(base):-9].decode())
+                if len(found) > limit:
+                    return None
+    except lmdb.Error as e:
+        raise store.error(e) from e
+    return frozenset(found)
+
+
+def find_rate(txn: lmdb.Transaction, store: Store, table: str, digits: str, now: int,
+              prefixes: AbstractSet[str] | None = None) -> Rate | None:
     """Longest-prefix match of `digits` in `table`, using the period effective at `now`.
 
     One cursor seek per candidate length (longest first), not a scan: for prefix p, seek just past
     "table p NUL now" and step back to the latest period starting at or before now. If that period has
     already ended, earlier overlapping periods of the same prefix are tried (an open-ended base rate
-    under an expired promotion); if none is effective, the next shorter prefix is.
+    under an expired promotion); if none is effective, the next shorter prefix is. `prefixes`
+    (`rate_prefixes` of the table, when the caller caches it) skips the lengths that have no rate.
     """
     base = _table_prefix(table)
     if not digits.isascii() or not (digits == "" or digits.isdigit()):
@@ -281,6 +309,8 @@ def find_rate(txn: lmdb.Transaction, store: Store, table: str, digits: str, now:
     try:
         cursor = txn.cursor(db=store.rates)
         for length in range(min(len(digits), MAX_PREFIX_DIGITS), -1, -1):
+            if prefixes is not None and digits[:length] not in prefixes:
+                continue
             head = base + digits[:length].encode() + b"\x00"
             seek = head + _U64BE.pack(min(now + 1, 2**64 - 1))
             found = cursor.prev() if cursor.set_range(seek) else cursor.last()

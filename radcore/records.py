@@ -15,6 +15,7 @@ import re
 import struct
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from radcore.errors import Invalid, StoreError
@@ -207,17 +208,17 @@ class Card:
                    last_use, failed_pins, locked_until, digest, bytes(buf[CARD_FIXED_SIZE:]))
 
 
-def _pack_strings(values: list[str]) -> bytes:
-    out = bytearray()
+def _pack_strings(values: tuple[str, ...] | list[str]) -> bytes:
+    parts = []
     for v in values:
         if not isinstance(v, str):
             raise Invalid("string", f"expected text, got {type(v).__name__}")
         raw = v.encode()
         if len(raw) > 0xFFFF:
             raise Invalid("string", "longer than 65535 bytes")
-        out += _U16.pack(len(raw))
-        out += raw
-    return bytes(out)
+        parts.append(_U16.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def _unpack_strings(buf: bytes | memoryview, offset: int, count: int, what: str) -> list[str]:
@@ -245,12 +246,19 @@ class _StructRecord:
     _STRINGS: ClassVar[tuple[str, ...]]
     _ENUMS: ClassVar[dict[str, type]] = {}
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Sessions and CDRs are packed on every accounting request: fetch the fields in one call.
+        if "_FIXED_FIELDS" in cls.__dict__:
+            cls._fixed_values = staticmethod(attrgetter(*cls._FIXED_FIELDS))
+            cls._string_values = staticmethod(attrgetter(*cls._STRINGS))
+
     def pack(self) -> bytes:
         try:
-            fixed = self._FIXED.pack(*[getattr(self, f) for f in self._FIXED_FIELDS])
+            fixed = self._FIXED.pack(*self._fixed_values(self))
         except struct.error as e:
             raise Invalid(type(self).__name__.lower(), f"a field is out of its stored range: {e}") from e
-        return fixed + _pack_strings([getattr(self, f) for f in self._STRINGS])
+        return fixed + _pack_strings(self._string_values(self))
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> Any:

@@ -17,6 +17,7 @@ All functions run inside the caller's batch write transaction; nothing commits h
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from . import dictionary as d
@@ -39,10 +40,17 @@ _OPEN = (SessionState.AUTHORIZED, SessionState.STARTED)
 
 def session_rate(session: Session) -> rating.Rate:
     """The rate frozen into the session at authorization: later rate edits apply to future calls."""
-    return rating.Rate(prefix=session.prefix, price_per_minute=session.price_per_minute,
-                       connection_fee=session.connection_fee, min_volume=session.min_volume,
-                       interval=session.interval, grace=session.grace,
-                       effective_from=0, effective_to=0)
+    return _frozen_rate(session.prefix, session.price_per_minute, session.connection_fee,
+                        session.min_volume, session.interval, session.grace)
+
+
+@lru_cache(maxsize=4096)
+def _frozen_rate(prefix: str, price_per_minute: int, connection_fee: int, min_volume: int,
+                 interval: int, grace: int) -> rating.Rate:
+    """Calls share a handful of rates, and building one validates every field: keep them."""
+    return rating.Rate(prefix=prefix, price_per_minute=price_per_minute, connection_fee=connection_fee,
+                       min_volume=min_volume, interval=interval, grace=grace, effective_from=0,
+                       effective_to=0)
 
 
 class Settlement:
@@ -144,7 +152,8 @@ class Settlement:
         rate = None
         tax_ppm = 0
         if series is not None and digits:
-            rate = rating.find_rate(txn, self.store, series.rate_table, digits, now)
+            rate = rating.find_rate(txn, self.store, series.rate_table, digits, now,
+                                    self.lookups.rate_prefixes(txn, series.rate_table))
             tax_ppm = self.lookups.tax_ppm(txn, series.tax_profile)
         if rate is None:
             log.warning("unrated call %r to %r from %s: recorded at no charge", req.user_name,

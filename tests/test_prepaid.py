@@ -284,3 +284,18 @@ def test_plain_card_authentication_writes_nothing(world):
     world.access(55, 0, pin="0000000000")
     assert world.store.env.info()["last_txnid"] == before + 1
     assert world.card(55, 0).failed_pins == 1
+
+
+def test_a_rate_added_while_running_is_used_by_the_next_authorization(world):
+    """Workers cache each table's prefixes per config version; a rate edit bumps it."""
+    from radcore.rating import Rate, put_rate
+
+    world.add_series(45, face_balance=10_000_000)
+    assert world.access(45, 0, called="999123", conf_id="A")[0] == REJECT  # no rate for 9...
+    with world.store.begin(write=True) as txn:
+        put_rate(txn, world.store, "retail", Rate(prefix="999", price_per_minute=600_000, connection_fee=0,
+                                                  min_volume=60, interval=60))
+    reply = world.access(45, 0, called="999123", conf_id="B")
+    assert reply[0] == ACCEPT
+    # 10.00 at 0.60/min in whole minutes: 16 minutes.
+    assert int(vsa(reply, d.H323_CREDIT_TIME)) == 960

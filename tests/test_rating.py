@@ -9,7 +9,7 @@ from helpers_store import NOW, add_rate_table, new_series, open_store
 from radcore.errors import Conflict, Invalid, NotFound
 from radcore.rating import (Rate, billed_seconds, cost, delete_rate, delete_rate_table, find_rate,
                             get_rate_table, iter_rates, max_duration, normalize_number, put_rate,
-                            put_rate_table)
+                            put_rate_table, rate_prefixes)
 from radcore.store import RateTable, SeriesStatus, get_version, put_series
 
 
@@ -295,5 +295,10 @@ def test_find_rate_matches_brute_force(shared_store, spec, digits, now):
         for rate in table.values():
             put_rate(txn, store, "t", rate)
         assert find_rate(txn, store, "t", digits, now) == expected
+        # The workers' shortcut: probe only the prefix lengths the table has.
+        prefixes = rate_prefixes(txn, store, "t")
+        assert prefixes == {prefix for prefix, _ in table}
+        assert find_rate(txn, store, "t", digits, now, prefixes) == expected
+        assert rate_prefixes(txn, store, "t", limit=len(prefixes) - 1) is None if prefixes else True
     finally:
         txn.abort()
