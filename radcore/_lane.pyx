@@ -15,7 +15,9 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    anything odd or malformed) becomes the `(datagram, address, socket, kind)` tuple the Python path
    takes, in arrival order.
 3. The Python path's replies are queued with `queue` instead of being sent one by one, and `flush`
-   sends every reply of the batch with one sendmmsg per socket.
+   sends every reply of the batch with one sendmmsg per socket. The lane's own answers go out in
+   runs of `EARLY_SEND` while the batch is still being read: a full batch takes milliseconds, and
+   the first request in it should not wait for the last.
 
 A retransmission (its key and Request Authenticator already in the duplicate cache) always takes the
 Python path, which answers it from the cache: the lane never has to reason about expiry.
@@ -91,6 +93,7 @@ cdef enum:
     NAME = 128              # sizeof(struct sockaddr_storage)
     MAX_SOCKETS = 8
     ADDR_TEXT = 64          # INET6_ADDRSTRLEN (46) with room to spare
+    EARLY_SEND = 32         # lane answers go out in runs of this many, not at the end of the batch
 
 #: The port kinds of radcore.dupcache (duplicate-cache key classes).
 cdef int AUTH = 0
@@ -132,7 +135,9 @@ cdef class Lane:
     cdef iovec* tx_iov
     cdef mmsghdr* tx_msg
     cdef int* tx_sock
-    cdef list tx_keep               # the reply bytes the iovecs point into, alive until flush
+    cdef list tx_keep               # the reply bytes the iovecs point into, alive until sent
+    cdef int tx_sent                # replies sent since the last flush
+    cdef list tx_failed             # (address, error) of replies refused since the last flush
     cdef dict ip_text               # IPv4 address (host order) -> its dotted-quad str
     cdef object config              # the radcore.config.Config the client memo belongs to
     cdef dict clients               # source ip text -> radcore.config.Client or None
@@ -167,6 +172,8 @@ cdef class Lane:
                 or self.tx_msg == NULL or self.tx_sock == NULL):
             raise MemoryError()
         self.tx_keep = []
+        self.tx_sent = 0
+        self.tx_failed = []
         self.ip_text = {}
         self.config = None
         self.clients = {}
@@ -306,6 +313,8 @@ cdef class Lane:
                                         del entries[key]  # re-inserted last: the cache is oldest first
                                     entries[key] = (auth, wire, expires)
                                 answered += 1
+                                if self.tx_len >= EARLY_SEND:
+                                    self._send_queued()  # don't hold answers back for a whole batch
                                 continue
                 rest.append((PyBytes_FromStringAndSize(<const char*>pkt, n), addr, self.socks[k], kind))
         finally:
@@ -356,7 +365,7 @@ cdef class Lane:
     cdef int _queue_name(self, int k, bytes wire, const uint8_t* name, socklen_t namelen) except -1:
         cdef int j
         if self.tx_len == self.tx_cap:
-            self.flush()
+            self._send_queued()
         j = self.tx_len
         memcpy(self.tx_names + <size_t>j * NAME, name, namelen)
         self.tx_iov[j].iov_base = PyBytes_AS_STRING(wire)
@@ -398,11 +407,19 @@ cdef class Lane:
     def flush(self):
         """Send every queued reply, one sendmmsg per run of replies on the same socket.
 
-        Returns (sent, [(address text, error text), ...]) for replies the kernel refused (a full
-        send buffer, an unreachable route); those are dropped, as a single sendto failure would be.
+        Returns (sent, [(address text, error text), ...]) since the last flush, including what
+        `serve` already sent early; refused replies (a full send buffer, an unreachable route) are
+        dropped, as a single sendto failure would be.
         """
+        self._send_queued()
+        result = (self.tx_sent, self.tx_failed)
+        self.tx_sent = 0
+        self.tx_failed = []
+        return result
+
+    cdef int _send_queued(self) except -1:
         cdef int start = 0, end, got, sent = 0, err
-        cdef list failed = []
+        cdef list failed = self.tx_failed
         while start < self.tx_len:
             end = start + 1
             while end < self.tx_len and self.tx_sock[end] == self.tx_sock[start]:
@@ -422,7 +439,8 @@ cdef class Lane:
             start = end
         self.tx_len = 0
         self.tx_keep = []
-        return sent, failed
+        self.tx_sent += sent
+        return 0
 
     cdef str _name_text(self, int j):
         cdef const sockaddr* sa = <const sockaddr*>(self.tx_names + <size_t>j * NAME)
