@@ -348,3 +348,63 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
     finally:
         server.close()
         nas.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_sources_are_answered_by_the_lane_and_by_the_python_path(tmp_path):
+    """Addresses round-trip through the C loop as the socket module writes them (4-tuples for
+    IPv6): a lane answer and a Python-path answer (a wrong PIN) both reach an IPv6 NAS."""
+    import socket
+
+    from radcore._lane import Lane
+    from radcore.dupcache import AUTH, DuplicateCache
+
+    world = make_world(tmp_path, EXTRA_CLIENTS + f"""
+[[clients]]
+name = "v6-gw"
+network = "::1"
+secret = "{SECRET.decode()}"
+profile = "cisco"
+""")
+    world.add_series(45, quantity=1, initial_status=CardStatus.ACTIVATED)
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.bind(("::1", 0))
+    server.setblocking(False)
+    nas = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    nas.bind(("::1", 0))
+    nas.settimeout(3)
+    try:
+        lane = Lane([(server, AUTH)], 8)
+        good = request(user=b"45-000000000", pin=world.pins[45][0].encode())
+        wrong = request(user=b"45-000000000", pin=b"0000000000")
+        while wrong[1] == good[1]:  # replies are told apart by Identifier below
+            wrong = request(user=b"45-000000000", pin=b"0000000000")
+        nas.sendto(good, server.getsockname()[:2])
+        nas.sendto(wrong, server.getsockname()[:2])
+        time.sleep(0.05)
+        assert lane.receive([0]) == 2
+        answered, rest = lane.serve(world.handler.fast_answer, world.config, DuplicateCache(30))
+        assert answered == 1 and len(rest) == 1
+        raw, addr, sock, kind = rest[0]
+        assert raw == wrong and sock is server and kind == AUTH
+        assert addr == nas.getsockname()  # (host, port, flowinfo, scope_id), as recvfrom gives it
+        wire = reference(world, raw, world.client("v6-gw"))
+        lane.queue(sock, wire, addr)
+        assert lane.flush() == (2, [])
+        replies = {r[1]: r for r in (nas.recv(4096), nas.recv(4096))}
+        assert packet.decode_response(replies[good[1]], good[4:20], SECRET).code == d.Code.ACCESS_ACCEPT
+        assert packet.decode_response(replies[wrong[1]], wrong[4:20], SECRET).code == d.Code.ACCESS_REJECT
+    finally:
+        server.close()
+        nas.close()
