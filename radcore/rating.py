@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from collections.abc import Set as AbstractSet
 from typing import Iterator
 
@@ -172,8 +173,11 @@ def _rate_key(table: str, prefix: str, effective_from: int) -> bytes:
     return _table_prefix(table) + prefix.encode() + b"\x00" + _U64BE.pack(effective_from)
 
 
+@lru_cache(maxsize=8192)
 def _decode(key: bytes, value: bytes, base_len: int) -> Rate:
-    # key = table NUL prefix NUL effective_from; base_len is the length of "table NUL"
+    # key = table NUL prefix NUL effective_from; base_len is the length of "table NUL". Cached: a
+    # Rate validates every field when built, and calls keep hitting the same few rates (Rate is
+    # frozen, and the key and value bytes are the whole identity of the stored rate).
     price, fee, min_volume, interval, grace, effective_to = _RATE.unpack(value)
     return Rate(key[base_len:-9].decode(), price, fee, min_volume, interval, grace,
                 _U64BE.unpack(key[-8:])[0], effective_to)
@@ -273,7 +277,7 @@ def rate_prefixes(txn: lmdb.Transaction, store: Store, table: str,
                   limit: int = PREFIX_SET_LIMIT) -> frozenset[str] | None:
     """Every prefix with a rate in `table` (any period), or None for a table of more than `limit` rates.
 
-    `find_rate` probes up to 33 prefix lengths with a cursor seek each; with this set (cached per
+    `find_rate` probes every prefix length of the number (up to 33) with a cursor seek each; with this set (cached per
     worker until `config_version` changes) it seeks only lengths that exist, usually one or two.
     Past `limit` the one-off scan would stall a worker for too long, so big tables probe as before.
     """
