@@ -37,47 +37,10 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
 
+from radcore._mmsg cimport (AF_INET, MSG_DONTWAIT, htons, inet_pton, iovec, mmsghdr, recvmmsg, sendmmsg,
+                            sockaddr_in)
+
 import os
-
-
-cdef extern from "<sys/uio.h>":
-    cdef struct iovec:
-        void* iov_base
-        size_t iov_len
-
-
-cdef extern from "<sys/socket.h>":
-    # recvmmsg/sendmmsg are GNU extensions; Python.h has already defined _GNU_SOURCE via pyconfig.h.
-    ctypedef unsigned int socklen_t
-    cdef struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) nogil
-    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout) nogil
-    int MSG_DONTWAIT
-    int AF_INET
-
-
-cdef extern from "<netinet/in.h>":
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    uint16_t htons(uint16_t)
-
-
-cdef extern from "<arpa/inet.h>":
-    int inet_pton(int af, const char* src, void* dst)
 
 
 cdef extern from "<poll.h>":

@@ -21,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from radcore._fastpath cimport _packet_hmac, _packet_md5, _unhide
+from radcore._fastpath cimport _equal, _packet_hmac, _packet_md5, _unhide
 from radcore._lane cimport FastAnswer
 
 include "_sha256.pxi"
@@ -63,15 +63,6 @@ cdef inline int64_t _le64(const uint8_t* p) noexcept nogil:
     for i in range(7, -1, -1):
         v = (v << 8) | p[i]
     return <int64_t>v
-
-
-cdef inline bint _same(const uint8_t* a, const uint8_t* b, Py_ssize_t n) noexcept nogil:
-    """Constant time, as hmac.compare_digest: how much of a guess was right must not show."""
-    cdef uint8_t acc = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        acc |= a[i] ^ b[i]
-    return acc == 0
 
 
 cdef Py_ssize_t _amount(char* out, long long cents) noexcept nogil:
@@ -339,7 +330,7 @@ cdef class CardAuthLane(FastAnswer):
                 return None
         else:
             _packet_hmac(mac, pkt, length, pkt + 4, ma_offset, c.secret)
-            if not _same(mac, pkt + ma_offset, 16):
+            if not _equal(mac, pkt + ma_offset, 16):
                 return None
         if hidden == NULL or hidden_n == 0 or hidden_n % 16 or hidden_n > 128 or user == NULL:
             return None
@@ -378,7 +369,7 @@ cdef class CardAuthLane(FastAnswer):
             return None
         cdef uint8_t digest[32]
         _hmac_sha256(&self.pepper, pp, PyBytes_GET_SIZE(pin), digest)
-        if not _same(digest, card + OFF_PIN_DIGEST, 32):
+        if not _equal(digest, card + OFF_PIN_DIGEST, 32):
             return None
         reply = self._reply(c, series_no, series)
         if REPLY_ATTRS + PyBytes_GET_SIZE(reply.head) + PyBytes_GET_SIZE(reply.tail) + 300 > MAX_REPLY:

@@ -125,3 +125,12 @@ cdef void _packet_hmac(uint8_t* out, const uint8_t* pkt, Py_ssize_t n, const uin
                        Py_ssize_t offset, bytes secret)
 cdef bytes _unhide(const uint8_t* hidden, Py_ssize_t n, bytes secret, const uint8_t* auth,
                    Py_ssize_t nauth)
+
+
+cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t n) noexcept nogil:
+    """Constant-time comparison (as hmac.compare_digest): no early exit on the first difference."""
+    cdef uint8_t acc = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc |= a[i] ^ b[i]
+    return acc == 0

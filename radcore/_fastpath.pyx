@@ -323,15 +323,6 @@ cdef inline void _hmac_start(HmacMd5* h, bytes secret):
     h[0] = _hmac_keyed
 
 
-cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t n) noexcept nogil:
-    """Constant-time comparison (as hmac.compare_digest): no early exit on the first difference."""
-    cdef uint8_t acc = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        acc |= a[i] ^ b[i]
-    return acc == 0
-
-
 # =============================================================================================
 # Cursor and helpers
 

@@ -29,63 +29,11 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
 
+from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
+                            mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
+                            socklen_t)
+
 from radcore.errors import PacketError
-
-cdef extern from "<sys/uio.h>":
-    cdef struct iovec:
-        void* iov_base
-        size_t iov_len
-
-cdef extern from "<sys/socket.h>":
-    # recvmmsg/sendmmsg are GNU extensions; Python.h has already defined _GNU_SOURCE via pyconfig.h.
-    ctypedef unsigned int socklen_t
-    ctypedef unsigned short sa_family_t
-    cdef struct sockaddr:
-        sa_family_t sa_family
-    cdef struct sockaddr_storage:
-        sa_family_t ss_family
-    cdef struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    cdef struct timespec:
-        pass
-    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) nogil
-    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout) nogil
-    int MSG_DONTWAIT
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<netinet/in.h>":
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct in6_addr:
-        pass
-    cdef struct sockaddr_in:
-        sa_family_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    cdef struct sockaddr_in6:
-        sa_family_t sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-    uint16_t ntohs(uint16_t)
-    uint16_t htons(uint16_t)
-    uint32_t ntohl(uint32_t)
-    uint32_t htonl(uint32_t)
-
-cdef extern from "<arpa/inet.h>":
-    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
-    int inet_pton(int af, const char* src, void* dst)
 
 
 cdef enum:
