@@ -35,7 +35,8 @@ PIN_LENGTH = 10
 FACE_BALANCE = 1_000_000 * 1_000_000          # micro-units: 1,000,000.00 USD
 MAX_CONCURRENT = 65535
 CALLED = "442079460000"                        # rated by prefix 44 below
-MAP_SIZE = 2 << 30                             # every process opening the store must agree on it
+MAP_SIZE = 2 << 30                             # at least; every process opening the store must agree on it
+MAP_BYTES_PER_CARD = 1024                      # about 4x what a card takes, so 10M cards fit with room
 ACCEPT_ATTRIBUTES = (                          # what FreeRADIUS and pyrad answer a card authentication with
     ("h323-return-code", "h323-return-code=0"),
     ("h323-credit-amount", "h323-credit-amount=1000000.00"),
@@ -46,14 +47,23 @@ CREDIT_TIME = 3600                             # number authorization: what radc
 VERSION = 1
 
 
+def map_size(cards: int) -> int:
+    return max(MAP_SIZE, cards * MAP_BYTES_PER_CARD)
+
+
 def provision(out: str | os.PathLike, cards: int = 100_000, *, force: bool = False,
-              progress=None) -> dict:
-    """Create (or reuse) everything under `out`; returns the manifest with absolute paths."""
+              progress=None, freeradius: bool = True) -> dict:
+    """Create (or reuse) everything under `out`; returns the manifest with absolute paths.
+
+    `freeradius=False` skips the users file (radcore-only runs such as `bench.scale`, where ten
+    million FreeRADIUS entries would only cost time and disk).
+    """
     out = Path(out).resolve()
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("cards") == cards and manifest.get("version") == VERSION:
+        if (manifest.get("cards") == cards and manifest.get("version") == VERSION
+                and (manifest.get("freeradius_users") or not freeradius)):
             return manifest
     if out.exists():
         for name in ("radcore", "freeradius", "cards.txt", "manifest.json"):
@@ -68,11 +78,14 @@ def provision(out: str | os.PathLike, cards: int = 100_000, *, force: bool = Fal
     numbers = [f"{SERIES}-{serial:09d}" for serial in range(cards)]
     with open(out / "cards.txt", "w") as f:
         f.writelines(f"{n} {p}\n" for n, p in zip(numbers, pins))
-    (out / "freeradius").mkdir()
-    write_freeradius_users(out / "freeradius" / "users", zip(numbers, pins))
+    users = None
+    if freeradius:
+        (out / "freeradius").mkdir()
+        users = out / "freeradius" / "users"
+        write_freeradius_users(users, zip(numbers, pins))
     manifest = {"version": VERSION, "cards": cards, "series": SERIES, "called": CALLED,
                 "store": str(out / "radcore" / "var"), "cards_file": str(out / "cards.txt"),
-                "freeradius_users": str(out / "freeradius" / "users"), "map_size": MAP_SIZE,
+                "freeradius_users": str(users) if users else None, "map_size": map_size(cards),
                 "seconds": round(time.monotonic() - started, 1)}
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -84,7 +97,7 @@ def _provision_radcore(var: Path, count: int, progress) -> list[str]:
     from radcore.rating import Rate, put_rate, put_rate_table
     from radcore.store import CardStatus, RateTable, Series, Store, card_key, get_card
 
-    store = Store(var, map_size=MAP_SIZE, sync=False)   # durability is not needed to build a template
+    store = Store(var, map_size=map_size(count), sync=False)   # durability is not needed to build a template
     keyring = KeyRing.load_or_create(var / "radcore.key")
     try:
         with store.begin(write=True) as txn:
