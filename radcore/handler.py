@@ -102,7 +102,9 @@ class PrepaidHandler:
         with self.store.begin() as txn:
             self.lookups.refresh(txn)
             for i, (req, client, source) in enumerate(batch):
-                if req.code != d.Code.ACCESS_REQUEST:
+                # Accounting always writes; so does a number authorization of a card that may call
+                # (its reservation), so deciding it here would only be done twice.
+                if req.code != d.Code.ACCESS_REQUEST or self.auth.dialed(req, client):
                     pending.append(i)
                     continue
                 try:

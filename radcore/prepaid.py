@@ -263,7 +263,7 @@ class CardAuthenticator:
                 st.put_card(txn, self.store, key, card)
                 return decision
 
-        called = self._dialed(req, client)
+        called = self.dialed(req, client)
         if called:
             _must_write(writable)
             card.last_use = now
@@ -322,7 +322,8 @@ class CardAuthenticator:
         return None
 
     @staticmethod
-    def _dialed(req: Request, client: Client) -> str:
+    def dialed(req: Request, client: Client) -> str:
+        """The dialled number of a number authorization; "" for a plain card authentication."""
         if client.profile.number_attribute == "h323-redirect-number":
             return req.redirect_number or req.called
         return req.called
