@@ -22,6 +22,7 @@ Message-Authenticator and malformed packets are dropped silently and counted by 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -214,6 +215,12 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
             if sigmask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+            # What exists now (config, handler, store handles, the duplicate cache's map) lives as long
+            # as the worker, so the cyclic collector need not walk it again: a full collection walked
+            # the 65,536-entry duplicate cache in about 15 ms, a latency spike every few seconds at
+            # tens of thousands of requests per second; frozen, it takes microseconds.
+            gc.collect()
+            gc.freeze()
             next_tick = time.monotonic()
             while not self._stopping:
                 ready = []
