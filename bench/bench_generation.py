@@ -77,7 +77,7 @@ PIN_LENGTH = 10
 FACE_BALANCE = 1_000_000 * 1_000_000
 CALLED = b"442079460000"
 MAP_SIZE_MB = 8192         # server.map_size_mb; every process opening a store uses the same
-DEFAULT_CHUNK = 2000       # control.series.DEFAULT_CHUNK and generate_series' default
+DEFAULT_CHUNK = 500        # control.series.DEFAULT_CHUNK and generate_series' default
 TARGET_RATIO = 3.0
 
 
@@ -472,6 +472,8 @@ def child_generate(spec: dict[str, Any]) -> dict[str, Any]:
             "code": spec.get("code", "current"), "generation_py": g.__file__,
             "generation_sha256": hashlib.sha256(Path(g.__file__).read_bytes()).hexdigest()[:16],
             "pin_run": getattr(g, "PIN_RUN", None),
+            # niceness the code adds to its own generating thread (None: the code has no such thread)
+            "generation_nice": getattr(g, "GENERATION_NICE", None),
             "sync": spec.get("sync", True), "pause_factor": pause_factor, "paused_s": round(paused[0], 2),
             "lmdb_written_bytes": written, "written_bytes_per_card": round(written / spec["cards"]),
             "written_bytes_per_commit": round(written / commits),
@@ -1040,8 +1042,9 @@ def markdown(doc: dict[str, Any]) -> str:
     code = doc.get("generation_code") or {}
     if code:
         head = code.get("head") or {}
-        lines += [(f"radcore/generation.py: working tree sha256 {code.get('current_sha256')}; baseline = as "
-                   f"committed at {(head.get('commit') or '?')[:10]} (`--baseline-rev {code.get('baseline_rev', 'HEAD')}`), "
+        origin = (f"the copy in `{head['commit'][5:]}`" if str(head.get("commit", "")).startswith("file ") else
+                  f"as committed at {(head.get('commit') or '?')[:10]} (`--baseline-rev {code.get('baseline_rev', 'HEAD')}`)")
+        lines += [(f"radcore/generation.py: working tree sha256 {code.get('current_sha256')}; baseline = {origin}, "
                    f"sha256 {head.get('sha256')}"
                    + (" (differs from the working tree: both are measured, labelled per row)"
                       if code.get("current_differs_from_head") else "")), ""]
@@ -1186,6 +1189,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="section 1 (--sections gen) runs: current (working tree) and/or head (baseline)")
     parser.add_argument("--baseline-rev", default="HEAD",
                         help="git revision whose radcore/generation.py the `head` configurations run")
+    parser.add_argument("--baseline-file", metavar="PY",
+                        help="run the `head` configurations on this copy of radcore/generation.py instead "
+                             "(no git needed; labelled by its sha256)")
     parser.add_argument("--first-rep", type=int, default=1, help="number of the first repetition (labels only)")
     parser.add_argument("--configs", type=_parse_configs,
                         default=_parse_configs("same:2000:head,same:200:head,same:10000:head,same:2000:p3:head,"
@@ -1230,7 +1236,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="radcore-bench-gen-", dir=args.workdir))
-    head = head_generation_source(workdir / "generation_head.py", args.baseline_rev)
+    # git (read-only rev-parse/show) runs only when some configuration measures the baseline.
+    wants_head = (("gen" in sections and "head" in args.gen_codes.split(","))
+                  or any(c["code"] == "head" for c in (args.configs if "acct" in sections else [])
+                         + (args.auth_configs if "auth" in sections else [])))
+    head = None
+    if wants_head and args.baseline_file:
+        source = Path(args.baseline_file).read_bytes()
+        (workdir / "generation_head.py").write_bytes(source)
+        head = {"path": str(workdir / "generation_head.py"), "commit": f"file {args.baseline_file}",
+                "sha256": hashlib.sha256(source).hexdigest()[:16]}
+    elif wants_head:
+        head = head_generation_source(workdir / "generation_head.py", args.baseline_rev)
     from radcore import generation as _current
     current_sha = hashlib.sha256(Path(_current.__file__).read_bytes()).hexdigest()[:16]
     doc: dict[str, Any] = {

@@ -1,10 +1,11 @@
 """Card series: create with streamed progress, read, search, edit, stop and (soft) delete.
 
-Creation is `radcore.generation` driven one chunk at a time: its progress callback raises after each
-committed chunk, which hands control back here so the caller (a gRPC response stream) can report
-progress and notice a cancelled client between chunks, on the same thread that runs the write
-transactions. Generation resumes from `series.generated`, so stepping costs one extra read per
-chunk. Any failure or cancellation after writing began rolls the generation back: a series exists
+Creation iterates `radcore.generation.start_generation` one committed chunk at a time, so the caller
+(a gRPC response stream) can report progress and notice a cancelled client between chunks, and one
+iterator keeps the series-wide PIN pool from the first chunk to the last. The write transactions run
+here, on the gRPC handler thread; the CPU-heavy part (PIN draws, encryption) runs on the generation's
+own low-priority helper thread, since a pooled thread's priority could not be raised again afterwards.
+Any failure or cancellation after writing began rolls the generation back: a series exists
 completely or not at all. Validation errors happen before anything is written and roll nothing back
 (a Conflict must never remove the other creator's series).
 
@@ -15,6 +16,7 @@ never rewrites cards.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import asdict, replace
 from typing import Any, Iterator, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,7 +28,7 @@ from control.auth import Principal, check_owner, require_admin
 from control.catalog import Refused, check_references
 from radcore.clock import Clock
 from radcore.errors import Conflict, Invalid, NotFound
-from radcore.generation import generate_series, resume_generation, rollback_generation
+from radcore.generation import rollback_generation, start_generation
 from radcore.keys import KeyRing
 from radcore.rating import get_rate_table
 from radcore.store import MAX_SERIES, Series, SeriesStatus, Store, get_series, put_series
@@ -44,16 +46,6 @@ class Progress(NamedTuple):
     done: int
     total: int
     series: Series | None = None  # set on the last step only
-
-
-class _Paused(Exception):
-    def __init__(self, done: int, total: int):
-        super().__init__(done, total)
-        self.done, self.total = done, total
-
-
-def _pause(done: int, total: int) -> None:
-    raise _Paused(done, total)
 
 
 def public(series: Series) -> dict[str, Any]:
@@ -98,41 +90,30 @@ def create_series(store: Store, keyring: KeyRing, principal: Principal, series: 
     series = _with_defaults(store, principal, series)
     number = series.number
     # Another creator's generation in progress must never be rolled back by our failure; an invalid
-    # number is left for generate_series to refuse with the proper message.
+    # number is left for start_generation to refuse with the proper message.
     taken = False
     if type(number) is int and 1 <= number <= MAX_SERIES:
         with store.transaction() as txn:
             taken = get_series(txn, store, number) is not None
-
-    def first() -> Series:
-        return generate_series(store, keyring, series, clock=clock, chunk_size=chunk_size, progress=_pause)
-
-    def more() -> Series:
-        return resume_generation(store, keyring, number, clock=clock, chunk_size=chunk_size,
-                                 progress=_pause)
-
-    step = first
     try:
-        while True:
-            try:
-                done = step()
-                break
-            except _Paused as p:
-                step = more
-                if p.done < p.total:
-                    yield Progress(p.done, p.total)
+        steps = start_generation(store, keyring, series, clock=clock, chunk_size=chunk_size)
+    except (Invalid, Conflict):
+        raise  # refused by validation before anything was written
+    except BaseException:
+        if not taken:
+            _rollback(store, number)
+        raise
+    try:
+        with closing(steps):  # stops the helper thread before any rollback
+            for done in steps:
+                if not done.complete:
+                    yield Progress(done.generated, done.quantity)
         now = clock()
         with store.transaction(write=True) as txn:
             audit.record(txn, store, principal, "CreateSeries", f"series/{number}", now=now,
                          tenant=done.reseller, after=public(done))
-    except (Invalid, Conflict):
-        if step is first:
-            raise  # refused by validation before anything was written
-        _rollback(store, number)
-        raise
     except BaseException:
-        if step is not first or not taken:
-            _rollback(store, number)
+        _rollback(store, number)  # the series record is ours: validation passed
         raise
     yield Progress(done.generated, done.quantity, done)
 

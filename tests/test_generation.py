@@ -1,5 +1,8 @@
 import itertools
 import json
+import os
+import sys
+import threading
 
 import pytest
 
@@ -287,3 +290,184 @@ def test_incomplete_series_record_is_marked(store, ring, clock):
         rollback_generation(store, 45)
     with store.transaction() as txn:
         assert get_card(txn, store, card_key(45, 0)) is not None
+
+
+# --- the series-wide PIN pool and the low-priority generating thread ---------------------------------
+
+def digests_in_serial_order(store, number):
+    return [card.pin_digest for _, card in cards_of(store, number)]
+
+
+def test_pins_ascend_in_digest_order_across_the_whole_series(store, ring, clock):
+    """One sorted run for the whole series: each chunk continues where the previous one stopped, so
+    the `pins` index is swept once (the reason for the pool)."""
+    generate_series(store, ring, new_series(45, quantity=3000), clock=clock, chunk_size=200)
+    check_cards(store, ring, 45, range(3000), 10)
+    digests = digests_in_serial_order(store, 45)
+    assert digests == sorted(digests) and len(set(digests)) == 3000
+
+
+def test_control_plane_creation_keeps_one_pool(store, ring, clock, monkeypatch):
+    """create_series yields between chunks without losing the pool: one draw for the whole series."""
+    from control import series as series_ops
+    from control.auth import LOCAL
+    draws = []
+    original = generation._PinPool._draw
+
+    def counting(self, count):
+        draws.append(count)
+        return original(self, count)
+
+    monkeypatch.setattr(generation._PinPool, "_draw", counting)
+    steps = list(series_ops.create_series(store, ring, LOCAL, new_series(46, quantity=2500), clock=clock,
+                                          chunk_size=500))
+    assert [(s.done, s.total) for s in steps] == [(500, 2500), (1000, 2500), (1500, 2500), (2000, 2500),
+                                                  (2500, 2500)]
+    assert draws == [2500]
+    digests = digests_in_serial_order(store, 46)
+    assert digests == sorted(digests)
+    check_cards(store, ring, 46, range(2500), 10)
+
+
+def test_resume_draws_only_the_remaining_cards(store, ring, clock, monkeypatch):
+    draws = []
+    original = generation._PinPool._draw
+
+    def counting(self, count):
+        draws.append(count)
+        return original(self, count)
+
+    monkeypatch.setattr(generation._PinPool, "_draw", counting)
+    with pytest.raises(Stop):
+        generate_series(store, ring, new_series(45, quantity=2000), clock=clock, chunk_size=300,
+                        progress=stop_at(600))
+    assert draws == [2000]
+    done = resume_generation(store, ring, 45, clock=clock, chunk_size=300)
+    assert done.complete and draws == [2000, 1400]
+    check_cards(store, ring, 45, range(2000), 10)
+    digests = digests_in_serial_order(store, 45)
+    assert digests[:600] == sorted(digests[:600]) and digests[600:] == sorted(digests[600:])
+    assert count(store, store.pins) == 2000
+
+
+def test_pool_rejects_duplicate_draws_and_keeps_digest_order(ring, monkeypatch):
+    class Repeating:  # every value twice, then again later: 1, 1, 2, 2, ..., and 1..5 once more
+        values = itertools.chain(*((v, v) for v in range(1, 16)), range(1, 6), itertools.count(1000))
+
+        def randbelow(self, n):
+            return next(self.values)
+
+    monkeypatch.setattr(generation, "secrets", Repeating())
+    pool = generation._PinPool(ring, 10, 20)
+    taken = [pool.take() for _ in range(20)]
+    pins = [pin for pin, _ in taken]
+    assert len(set(pins)) == 20
+    assert set(pins) == {str(v).zfill(10) for v in [*range(1, 16), *range(1000, 1005)]}
+    assert [d for _, d in taken] == sorted(ring.pin_digest(p) for p in pins)
+    assert all(ring.pin_digest(pin) == digest for pin, digest in taken)
+
+
+def test_pool_orders_by_the_full_digest_when_prefixes_tie(ring):
+    """The sort key holds only a digest prefix; equal prefixes are ordered by the whole digest."""
+    class SharedPrefix:
+        def pin_digest(self, pin):
+            return b"\x01" * 8 + ring.pin_digest(pin)[:24]
+
+    keyring = SharedPrefix()
+    pool = generation._PinPool(keyring, 10, 300)
+    taken = [pool.take() for _ in range(300)]
+    assert [d for _, d in taken] == sorted({keyring.pin_digest(p) for p, _ in taken})
+
+
+def test_exhausted_pool_draw_is_bounded(ring, monkeypatch):
+    class Always:
+        calls = 0
+
+        def randbelow(self, n):
+            Always.calls += 1
+            return 7
+
+    monkeypatch.setattr(generation, "secrets", Always())
+    pool = generation._PinPool(ring, 10, 4)
+    assert pool.take() == ("0000000007", ring.pin_digest("0000000007"))
+    assert Always.calls == 4 * generation.MAX_PIN_DRAWS  # gave up, short, instead of hanging
+
+
+def test_pool_memory_is_compact(ring):
+    """200,000 PINs: ~50 bytes each retained, bounded peak (tuples of str and bytes would be ~250)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        pool = generation._PinPool(ring, 10, 200_000)
+        pool.take()
+        retained, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(pool.order) == 200_000
+    assert retained < 12 << 20, retained
+    assert peak < 20 << 20, peak
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or not sys.platform.startswith("linux"),
+                    reason="per-thread niceness is Linux only")
+def test_generation_runs_on_a_lower_priority_thread(store, ring, clock, monkeypatch):
+    seen = []
+    original = generation._prepare_chunk
+
+    def recording(*args):
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return original(*args)
+
+    writes = []
+    write = generation._write_chunk
+
+    def recording_write(*args):
+        tid = threading.get_native_id()
+        writes.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return write(*args)
+
+    monkeypatch.setattr(generation, "_prepare_chunk", recording)
+    monkeypatch.setattr(generation, "_write_chunk", recording_write)
+    me = threading.get_native_id()
+    mine = os.getpriority(os.PRIO_PROCESS, me)
+    generate_series(store, ring, new_series(45, quantity=50), clock=clock, chunk_size=10)
+    # PIN draws and encryption on one helper thread, niced; the writes (under the writer lock) on the
+    # caller's thread at its own priority, so a busy machine cannot stretch a lock hold.
+    assert len(seen) == 5 and len({tid for tid, _ in seen}) == 1 and seen[0][0] != me
+    assert {nice for _, nice in seen} == {min(19, mine + generation.GENERATION_NICE)}
+    assert writes == [(me, mine)] * 5
+    assert os.getpriority(os.PRIO_PROCESS, me) == mine
+
+
+def test_priority_refused_is_not_an_error(store, ring, clock, monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    generate_series(store, ring, new_series(45, quantity=30), clock=clock, chunk_size=10)
+    check_cards(store, ring, 45, range(30), 10)
+
+
+@pytest.mark.parametrize("step", ["_prepare_chunk", "_write_chunk"])
+def test_errors_reach_the_caller_and_stop_the_helper_thread(store, ring, clock, monkeypatch, step):
+    def broken(*args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(generation, step, broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        generate_series(store, ring, new_series(45, quantity=30), clock=clock, chunk_size=10)
+    assert not any(t.name.startswith("radcore-generation") for t in threading.enumerate())
+    with store.transaction() as txn:
+        assert get_series(txn, store, 45).generated == 0
+
+
+def test_closing_the_steps_stops_between_chunks(store, ring, clock):
+    steps = generation.start_generation(store, ring, new_series(45, quantity=100), clock=clock, chunk_size=30)
+    assert next(steps).generated == 30
+    assert any(t.name.startswith("radcore-generation") for t in threading.enumerate())
+    steps.close()
+    assert not any(t.name.startswith("radcore-generation") for t in threading.enumerate())
+    check_cards(store, ring, 45, range(30), 10)
+    assert resume_generation(store, ring, 45, clock=clock).complete
+    check_cards(store, ring, 45, range(100), 10)
