@@ -307,18 +307,24 @@ def test_pins_ascend_in_digest_order_across_the_whole_series(store, ring, clock)
     assert digests == sorted(digests) and len(set(digests)) == 3000
 
 
-def test_control_plane_creation_keeps_one_pool(store, ring, clock, monkeypatch):
-    """create_series yields between chunks without losing the pool: one draw for the whole series."""
-    from control import series as series_ops
-    from control.auth import LOCAL
-    draws = []
+@pytest.fixture
+def draws(monkeypatch) -> list[int]:
+    """The sizes of the PIN pool's draws, in order."""
+    seen: list[int] = []
     original = generation._PinPool._draw
 
     def counting(self, count):
-        draws.append(count)
+        seen.append(count)
         return original(self, count)
 
     monkeypatch.setattr(generation._PinPool, "_draw", counting)
+    return seen
+
+
+def test_control_plane_creation_keeps_one_pool(store, ring, clock, draws):
+    """create_series yields between chunks without losing the pool: one draw for the whole series."""
+    from control import series as series_ops
+    from control.auth import LOCAL
     steps = list(series_ops.create_series(store, ring, LOCAL, new_series(46, quantity=2500), clock=clock,
                                           chunk_size=500))
     assert [(s.done, s.total) for s in steps] == [(500, 2500), (1000, 2500), (1500, 2500), (2000, 2500),
@@ -329,15 +335,7 @@ def test_control_plane_creation_keeps_one_pool(store, ring, clock, monkeypatch):
     check_cards(store, ring, 46, range(2500), 10)
 
 
-def test_resume_draws_only_the_remaining_cards(store, ring, clock, monkeypatch):
-    draws = []
-    original = generation._PinPool._draw
-
-    def counting(self, count):
-        draws.append(count)
-        return original(self, count)
-
-    monkeypatch.setattr(generation._PinPool, "_draw", counting)
+def test_resume_draws_only_the_remaining_cards(store, ring, clock, draws):
     with pytest.raises(Stop):
         generate_series(store, ring, new_series(45, quantity=2000), clock=clock, chunk_size=300,
                         progress=stop_at(600))
