@@ -57,13 +57,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Self
 
-from bench.procs import terminate
+from bench.procs import launch, python_env, terminate, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -204,14 +204,6 @@ def machine_info() -> dict[str, Any]:
 # Child processes: every figure with a memory claim, and every generator racing the server, runs in
 # its own interpreter (`python -m bench.bench_generation --child SPEC.json`).
 
-def _child_env(extra_path: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    parts = [str(ROOT)] + ([extra_path] if extra_path else []) + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    env["PYTHONPATH"] = os.pathsep.join(parts)
-    return env
-
-
 class Child:
     """A `--child` subprocess; `wait()` reaps it with wait4 to get its own ru_maxrss."""
 
@@ -224,7 +216,7 @@ class Child:
         self.log_path = self.result_path.with_suffix(".log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.bench_generation", "--child", str(spec_path)],
-                                     cwd=str(ROOT), env=_child_env(extra_path), stdout=self._log,
+                                     cwd=str(ROOT), env=python_env(*([extra_path] if extra_path else [])), stdout=self._log,
                                      stderr=subprocess.STDOUT)
         self.maxrss_kib = 0
 
@@ -610,22 +602,17 @@ class Server:
     def __init__(self, config: Path):
         self.ready_file = config.parent / "ready.json"
         self.log_path = config.parent / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
+        self.proc, self._log = launch(
             [sys.executable, "-m", "radcore.supervisor", "--config", str(config), "--ready-file",
              str(self.ready_file), "--handler", "radcore.handler:make_handler"],
-            cwd=str(config.parent), env=_child_env(), stdout=self._log, stderr=subprocess.STDOUT)
+            self.log_path, cwd=config.parent, env=python_env())
         self.ready: dict[str, Any] = {}
 
     def __enter__(self) -> Self:
         try:
-            deadline = _mono() + 30
-            while not self.ready_file.exists():
-                if self.proc.poll() is not None or _mono() > deadline:
-                    raise RuntimeError(f"server not ready:\n{self.log()}")
-                time.sleep(0.05)
-            time.sleep(0.05)
-            self.ready = json.loads(self.ready_file.read_text())
+            wait_ready(self.proc, self.ready_file.exists, what="radcore", timeout=30, log=self.log,
+                       stop=self.stop)
+            self.ready = json.loads(self.ready_file.read_text())  # the supervisor renames it into place
         except BaseException:
             self.stop()
             raise
@@ -662,8 +649,16 @@ class _Sockets:
         for s in self.socks:
             s.close()
 
-    def ready(self, timeout: float) -> list[int]:
-        return [key.data for key, _ in self.sel.select(timeout)]
+    def receive(self, timeout: float) -> Iterator[tuple[int, bytes, float]]:
+        """(socket index, datagram, arrival time) for everything that arrives within `timeout`."""
+        for key, _ in self.sel.select(timeout):
+            sock = self.socks[key.data]
+            while True:
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    break
+                yield key.data, data, _mono()
 
 
 class AcctLoad:
@@ -730,19 +725,12 @@ class AcctLoad:
             self._receive(wait)
 
     def _receive(self, timeout: float) -> None:
-        for s in self.net.ready(timeout):
-            sock = self.net.socks[s]
-            while True:
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    break
-                t = _mono()
-                entry = self.pending.pop((s, data[1]), None) if len(data) >= 20 else None
-                if entry is None or data[0] != 5:  # 5 = Accounting-Response
-                    self.bad += 1
-                    continue
-                self.samples.append((entry[0], entry[1], t - entry[1]))
+        for s, data, t in self.net.receive(timeout):
+            entry = self.pending.pop((s, data[1]), None) if len(data) >= 20 else None
+            if entry is None or data[0] != 5:  # 5 = Accounting-Response
+                self.bad += 1
+                continue
+            self.samples.append((entry[0], entry[1], t - entry[1]))
 
     def drain(self, seconds: float = 2.0) -> None:
         deadline = _mono() + seconds
@@ -802,19 +790,12 @@ class AuthLoad:
                 return
             if on_tick is not None:
                 on_tick(now)
-            for s in self.net.ready(0.01):
-                sock = self.net.socks[s]
-                while True:
-                    try:
-                        data = sock.recv(4096)
-                    except BlockingIOError:
-                        break
-                    t = _mono()
-                    slot = self.out[s]
-                    if slot is None or len(data) < 20 or data[1] != slot[0]:
-                        continue
-                    self.replies.append((t, data[0], t - slot[1]))
-                    self._send(s)
+            for s, data, t in self.net.receive(0.01):
+                slot = self.out[s]
+                if slot is None or len(data) < 20 or data[1] != slot[0]:
+                    continue
+                self.replies.append((t, data[0], t - slot[1]))
+                self._send(s)
             now = _mono()
             for s, slot in enumerate(self.out):
                 if slot is not None and now - slot[1] > self.timeout:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.freeradius import FreeRadius, build_config, free_port
-from bench.procs import terminate
+from bench.procs import launch, python_env, terminate, wait_ready
 from bench.provision import copy_store, provision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,25 +109,15 @@ class RadcoreServer:
         copy_store(self.manifest, self.data)
         (self.dir / "radcore.toml").write_text(self.config_text())
         ready = self.dir / "ready.json"
-        args = [sys.executable, "-m", "radcore.supervisor", "--config", str(self.dir / "radcore.toml"),
-                "--ready-file", str(ready), "--handler", "radcore.handler:make_handler"]
-        if self.cpus:
-            args = ["taskset", "-c", self.cpus, *args]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env = python_env()
         env.pop("RADCORE_NO_EXTENSIONS", None)
-        self._log = open(self.dir / "server.log", "wb")  # noqa: SIM115 (the server's stdout until stop())
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready.exists():
-                self.ready = json.loads(ready.read_text())
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"radcore exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"radcore not ready after {timeout} s:\n{self.log()}")
+        self.proc, self._log = launch(
+            [sys.executable, "-m", "radcore.supervisor", "--config", str(self.dir / "radcore.toml"),
+             "--ready-file", str(ready), "--handler", "radcore.handler:make_handler"],
+            self.dir / "server.log", cpus=self.cpus, cwd=self.dir, env=env)
+        wait_ready(self.proc, ready.exists, what="radcore", timeout=timeout, log=self.log, stop=self.stop)
+        self.ready = json.loads(ready.read_text())
+        return self
 
     @property
     def auth(self) -> tuple[str, int]:
@@ -209,24 +199,19 @@ class PyradServer:
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         ready = self.dir / "ready.json"
-        args = [sys.executable, "-m", "bench.pyrad_server", "--cards", self.manifest["cards_file"],
-                "--secret", SECRET, "--acct-file", str(self.dir / "accounting.log"), "--ready-file", str(ready)]
-        if self.cpus:
-            args = ["taskset", "-c", self.cpus, *args]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        self._log = open(self.dir / "server.log", "wb")  # noqa: SIM115 (the server's stdout until stop())
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready.exists():
-                self.ready = json.loads(ready.read_text())
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pyrad server exited with {self.proc.returncode}")
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("pyrad server not ready")
+        self.proc, self._log = launch(
+            [sys.executable, "-m", "bench.pyrad_server", "--cards", self.manifest["cards_file"],
+             "--secret", SECRET, "--acct-file", str(self.dir / "accounting.log"), "--ready-file", str(ready)],
+            self.dir / "server.log", cpus=self.cpus, env=python_env())
+        wait_ready(self.proc, ready.exists, what="pyrad server", timeout=timeout, log=self.log, stop=self.stop)
+        self.ready = json.loads(ready.read_text())
+        return self
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
 
     auth = RadcoreServer.auth
     acct = RadcoreServer.acct

@@ -33,11 +33,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Self
 
-from bench.procs import terminate
+from bench.procs import launch, terminate, wait_ready
 
 BINARY = "freeradius"
 RECV_BUFF = 4 << 20   # the socket receive buffer radcore asks for too; the kernel caps it at rmem_max
@@ -194,21 +193,11 @@ class FreeRadius:
     def start(self, cpus: str | None = None, timeout: float = 60.0) -> Self:
         if shutil.which(BINARY) is None:
             raise FileNotFoundError("freeradius is not installed (Debian package `freeradius`)")
-        args = [BINARY, "-f", "-d", str(self.config_dir), "-l", "stdout"]
-        if cpus:
-            args = ["taskset", "-c", cpus, *args]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (freeradius's stdout until stop())
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Ready to process requests" in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"freeradius exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"freeradius not ready after {timeout} s:\n{self.log()[-3000:]}")
+        self.proc, self._log = launch([BINARY, "-f", "-d", str(self.config_dir), "-l", "stdout"], self.log_path,
+                                      cpus=cpus)
+        wait_ready(self.proc, lambda: "Ready to process requests" in self.log(), what="freeradius",
+                   timeout=timeout, log=self.log, stop=self.stop)
+        return self
 
     def log(self) -> str:
         try:
