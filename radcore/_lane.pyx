@@ -215,7 +215,7 @@ cdef class Lane:
         cdef object entries = cache._entries
         cdef int answered = 0
         cdef bint began = False
-        cdef FastAnswer lane_answer = fast
+        cdef bint enabled = fast is not None
         cdef double seconds = cache.seconds
         cdef object expires = None
         if config is not self.config:
@@ -228,7 +228,7 @@ cdef class Lane:
                 k = self.rx_sock[i]
                 kind = self.kinds[k]
                 addr = self._address(i)
-                if fast is not None and kind == AUTH and n >= 20 and pkt[0] == 1:
+                if enabled and kind == AUTH and n >= 20 and pkt[0] == 1:
                     client = self._client(addr)
                     if client is not None:
                         key = (addr[0], addr[1], pkt[1], kind)
@@ -248,7 +248,7 @@ cdef class Lane:
                                 # The store failed under the lane (a reader-table or I/O error):
                                 # stop using it for this batch; the Python path meets the same
                                 # error and answers as the handler documents (or not at all).
-                                fast = None
+                                enabled = False
                                 if self.on_lane_error is not None:
                                     self.on_lane_error(exc)
                             if wire is not None:
@@ -267,7 +267,7 @@ cdef class Lane:
                 rest.append((PyBytes_FromStringAndSize(<const char*>pkt, n), addr, self.socks[k], kind))
         finally:
             if began:
-                lane_answer.end()
+                fast.end()
             if expires is not None:
                 cache.expire()
         return answered, rest
