@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from bench import loadgen
-from bench.compare import RESULTS, SECRET, RadcoreServer, _cpu_list, _loadavg, code_state, shape
+from bench.compare import RESULTS, _cpu_list, _loadavg, code_state, shape
+from bench.servers import SECRET, RadcoreServer
 from bench.provision import provision
 
 

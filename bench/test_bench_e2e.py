@@ -32,7 +32,7 @@ except ImportError as exc:
                 allow_module_level=True)
 
 from bench import _loadgen, loadgen
-from bench.compare import SECRET, RadcoreServer
+from bench.servers import SECRET, RadcoreServer
 from bench.provision import provision
 
 
