@@ -77,10 +77,12 @@ def extensions():
                   extra_compile_args=["-O3"]),
     ]
     if sys.platform.startswith("linux"):
-        # The worker's batch loop and card-auth lane (recvmmsg/sendmmsg are Linux calls).
+        # The worker's batch loop and its card-auth and accounting lanes (recvmmsg/sendmmsg are Linux calls).
         exts.append(Extension("radcore._lane", ["radcore/_lane.pyx"], define_macros=macros,
                               extra_compile_args=["-O3"]))
         exts.append(Extension("radcore._cardauth", ["radcore/_cardauth.pyx"], define_macros=macros,
+                              extra_compile_args=["-O3"]))
+        exts.append(Extension("radcore._acctlane", ["radcore/_acctlane.pyx"], define_macros=macros,
                               extra_compile_args=["-O3"]))
         # The benchmark load generator's engine (recvmmsg/sendmmsg/ppoll are Linux calls).
         exts.append(Extension("bench._loadgen", ["bench/_loadgen.pyx"], define_macros=macros,

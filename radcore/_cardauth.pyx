@@ -18,51 +18,27 @@ bumps `config_version`.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcpy, memset
 
 from radcore._fastpath cimport _equal, _packet_hmac, _packet_md5, _unhide
 from radcore._lane cimport FastAnswer
 
 include "_sha256.pxi"
+include "_records.pxi"
 
 from radcore import dictionary as d
 from radcore import replies
 from radcore.fastpath import encode_attributes
-from radcore.records import CARD_FIXED_SIZE, CARD_OFFSETS, CardStatus, SeriesStatus
+from radcore.records import SeriesStatus
 
 cdef enum:
     HEADER = 20
     MA_VALUE = 22               # where a reply's Message-Authenticator value starts (first attribute)
     REPLY_ATTRS = 38            # where its other attributes start
     MAX_REPLY = 4096
-    CARD_SIZE = 96
-    OFF_BALANCE = 0
-    OFF_RESERVED = 8
-    OFF_EXPIRES_AT = 24
-    OFF_LOCKED_UNTIL = 48
-    OFF_STATUS = 56
-    OFF_FAILED_PINS = 57
-    OFF_PIN_DIGEST = 64
-    MAX_SERIES = 99999
-    MAX_SERIAL = 99999999
-    STATUS_ACTIVATED = 1
-
-assert CARD_FIXED_SIZE == CARD_SIZE and CardStatus.ACTIVATED == STATUS_ACTIVATED
-assert (CARD_OFFSETS["balance"], CARD_OFFSETS["reserved"], CARD_OFFSETS["expires_at"],
-        CARD_OFFSETS["locked_until"], CARD_OFFSETS["status"], CARD_OFFSETS["failed_pins"],
-        CARD_OFFSETS["pin_digest"]) == (OFF_BALANCE, OFF_RESERVED, OFF_EXPIRES_AT, OFF_LOCKED_UNTIL,
-                                        OFF_STATUS, OFF_FAILED_PINS, OFF_PIN_DIGEST)
 
 cdef bytes _AMOUNT_KEY_NAME = b"h323-credit-amount="
-
-
-cdef inline int64_t _le64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(7, -1, -1):
-        v = (v << 8) | p[i]
-    return <int64_t>v
 
 
 cdef Py_ssize_t _amount(char* out, long long cents) noexcept nogil:
@@ -82,35 +58,6 @@ cdef Py_ssize_t _amount(char* out, long long cents) noexcept nogil:
     out[n + 1] = <char>(48 + (cents % 100) // 10)
     out[n + 2] = <char>(48 + cents % 10)
     return n + 3
-
-
-cdef bint _card_number(const uint8_t* p, Py_ssize_t n, uint32_t* series, uint32_t* serial) noexcept nogil:
-    """`radcore.records.parse_card_number` for the plain spellings only: `45-001122333` and
-    `45001122333`. Anything else (spaces, other digits) is left to the reference."""
-    cdef Py_ssize_t dash = -1, i
-    cdef uint64_t head = 0, tail = 0
-    for i in range(n):
-        if p[i] == 45:  # "-"
-            if dash >= 0:
-                return False
-            dash = i
-        elif p[i] < 48 or p[i] > 57:
-            return False
-    if dash >= 0:
-        if dash < 1 or dash > 5 or n - dash - 1 != 9:
-            return False
-    elif n < 10 or n > 14:
-        return False
-    cdef Py_ssize_t split = dash if dash >= 0 else n - 9
-    for i in range(split):
-        head = head * 10 + (p[i] - 48)
-    for i in range(n - 9, n):
-        tail = tail * 10 + (p[i] - 48)
-    if head < 1 or head > MAX_SERIES or tail > MAX_SERIAL:
-        return False
-    series[0] = <uint32_t>head
-    serial[0] = <uint32_t>tail
-    return True
 
 
 def plain_card_number(data):
@@ -344,8 +291,7 @@ cdef class CardAuthLane(FastAnswer):
                 return None  # the reference decodes the PIN as UTF-8 with replacement
 
         cdef uint8_t key[8]
-        key[0] = series_no >> 24; key[1] = series_no >> 16; key[2] = series_no >> 8; key[3] = series_no
-        key[4] = serial >> 24; key[5] = serial >> 16; key[6] = serial >> 8; key[7] = serial
+        _card_key(key, series_no, serial)
         raw = self.txn.get(PyBytes_FromStringAndSize(<const char*>key, 8), None, self.cards_db)
         if raw is None or PyBytes_GET_SIZE(raw) < CARD_SIZE:
             return None

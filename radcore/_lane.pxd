@@ -12,3 +12,18 @@ cdef class FastAnswer:
     # `pkt` is the datagram (`n` octets as received); `client` is the radcore.config.Client.
     cdef object answer(self, const uint8_t* pkt, Py_ssize_t n, object client)
     cdef int end(self) except -1
+
+
+cdef class WriteAnswer:
+    # Answers the common Accounting-Requests of a batch in C inside one write transaction; its
+    # replies are held by the lane and sent only after `commit` has made the writes durable.
+    # `begin` opens the transaction before the first `account` of a batch.
+    cdef int begin(self) except -1
+    # The reply datagram for one request, or None to hand it to the Python path. After None,
+    # `inert` says whether the request could change nothing there (a bad authenticator: dropped),
+    # so later requests may still be answered here without reordering anything that matters.
+    cdef object account(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip)
+    cdef bint inert
+    # Durable commit (fsync) of everything `account` wrote; `abort` forgets it.
+    cdef int commit(self) except -1
+    cdef int abort(self) except -1

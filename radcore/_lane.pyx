@@ -61,6 +61,23 @@ cdef class FastAnswer:
         return 0
 
 
+cdef class WriteAnswer:
+    """The interface for accounting answered in C; the base answers nothing."""
+
+    cdef int begin(self) except -1:
+        return 0
+
+    cdef object account(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip):
+        self.inert = False
+        return None
+
+    cdef int commit(self) except -1:
+        return 0
+
+    cdef int abort(self) except -1:
+        return 0
+
+
 cdef class Lane:
     """One worker's sockets and batch buffers (see the module docstring)."""
 
@@ -76,6 +93,8 @@ cdef class Lane:
     cdef mmsghdr* rx_msg
     cdef int* rx_sock               # socket index of each received datagram
     cdef readonly int received
+    cdef uint8_t* fate              # per datagram of the batch: who answers it (see serve)
+    cdef readonly int accounted     # Accounting-Requests the last serve answered in C
     # send side: one queue of up to 2 * cap replies (a batch's answers plus cache resends)
     cdef int tx_cap
     cdef int tx_len
@@ -111,12 +130,13 @@ cdef class Lane:
         self.rx_iov = <iovec*>PyMem_Malloc(batch_max * sizeof(iovec))
         self.rx_msg = <mmsghdr*>PyMem_Malloc(batch_max * sizeof(mmsghdr))
         self.rx_sock = <int*>PyMem_Malloc(batch_max * sizeof(int))
+        self.fate = <uint8_t*>PyMem_Malloc(batch_max)
         self.tx_names = <uint8_t*>PyMem_Malloc(<size_t>self.tx_cap * NAME)
         self.tx_iov = <iovec*>PyMem_Malloc(self.tx_cap * sizeof(iovec))
         self.tx_msg = <mmsghdr*>PyMem_Malloc(self.tx_cap * sizeof(mmsghdr))
         self.tx_sock = <int*>PyMem_Malloc(self.tx_cap * sizeof(int))
         if (self.rx == NULL or self.rx_names == NULL or self.rx_iov == NULL or self.rx_msg == NULL
-                or self.rx_sock == NULL or self.tx_names == NULL or self.tx_iov == NULL
+                or self.rx_sock == NULL or self.fate == NULL or self.tx_names == NULL or self.tx_iov == NULL
                 or self.tx_msg == NULL or self.tx_sock == NULL):
             raise MemoryError()
         self.tx_keep = []
@@ -134,6 +154,7 @@ cdef class Lane:
         PyMem_Free(self.rx_iov)
         PyMem_Free(self.rx_msg)
         PyMem_Free(self.rx_sock)
+        PyMem_Free(self.fate)
         PyMem_Free(self.tx_names)
         PyMem_Free(self.tx_iov)
         PyMem_Free(self.tx_msg)
@@ -199,25 +220,38 @@ cdef class Lane:
 
     # -- serve ----------------------------------------------------------------------------------
 
-    def serve(self, FastAnswer fast, config, cache):
-        """Answer what `fast` can; return (answered, [(datagram, address, socket, kind), ...] for the rest).
+    def serve(self, FastAnswer fast, config, cache, WriteAnswer write=None):
+        """Answer what `fast` and `write` can; return (answered, [(datagram, address, socket, kind), ...]
+        for the rest, in arrival order). `accounted` then holds how many of `answered` were
+        Accounting-Requests.
 
-        `fast` may be None (no lane: everything goes to the Python path, still batched on the
-        wire). `config` is the worker's radcore.config.Config (its clients), `cache` its
-        radcore.dupcache.DuplicateCache, whose entries the lane writes as `DuplicateCache.store`
-        would, trimming once per batch.
+        `fast` answers Access-Requests from a read transaction; `write` answers Accounting-Requests
+        in one write transaction whose replies are held until its durable commit. Either may be
+        None (everything goes to the Python path, still batched on the wire). `config` is the
+        worker's radcore.config.Config (its clients), `cache` its radcore.dupcache.DuplicateCache,
+        whose entries the lane writes as `DuplicateCache.store` would, trimming once per batch.
+
+        Once `write` declines a request that the Python path will act on, the rest of the batch's
+        accounting goes there too, after it, so no call's packets are applied out of order. If the
+        write transaction fails, everything it held takes the Python path instead.
         """
         cdef list rest = []
+        cdef list held = []             # (index, key, authenticator, reply) awaiting the commit
+        cdef set held_keys = set()
         cdef int i, k, kind
         cdef Py_ssize_t n
         cdef const uint8_t* pkt
         cdef object addr, client, key, wire, auth, entry
         cdef object entries = cache._entries
         cdef int answered = 0
-        cdef bint began = False
+        cdef bint began = False, wbegan = False, committed = False
         cdef bint enabled = fast is not None
+        cdef bint writing = write is not None
         cdef double seconds = cache.seconds
         cdef object expires = None
+        cdef uint8_t* fate = self.fate  # 0: Python path, 1: answered, 2: held for the commit
+        memset(fate, 0, self.received)
+        self.accounted = 0
         if config is not self.config:
             self.config = config
             self.clients = {}
@@ -225,52 +259,114 @@ cdef class Lane:
             for i in range(self.received):
                 pkt = self.rx + <size_t>i * SLOT
                 n = self.rx_msg[i].msg_len
+                if n < 20:
+                    continue
                 k = self.rx_sock[i]
                 kind = self.kinds[k]
+                if not ((enabled and kind == AUTH and pkt[0] == 1)
+                        or (writing and kind == ACCT and pkt[0] == 4)):
+                    continue
                 addr = self._address(i)
-                if enabled and kind == AUTH and n >= 20 and pkt[0] == 1:
-                    client = self._client(addr)
-                    if client is not None:
-                        key = (addr[0], addr[1], pkt[1], kind)
-                        auth = PyBytes_FromStringAndSize(<const char*>pkt + 4, 16)
-                        entry = entries.get(key)
-                        # Same key and authenticator: a retransmission, answered from the cache
-                        # by the Python path. Same key, new authenticator: a new request that
-                        # reuses the Identifier, and its reply replaces the entry.
-                        if entry is None or entry[0] != auth:
-                            wire = None
-                            try:
-                                if not began:
-                                    began = True
-                                    fast.begin()
-                                wire = fast.answer(pkt, n, client)
-                            except Exception as exc:
-                                # The store failed under the lane (a reader-table or I/O error):
-                                # stop using it for this batch; the Python path meets the same
-                                # error and answers as the handler documents (or not at all).
-                                enabled = False
-                                if self.on_lane_error is not None:
-                                    self.on_lane_error(exc)
-                            if wire is not None:
-                                self._queue_name(k, wire, self.rx_names + <size_t>i * NAME,
-                                                 self.rx_msg[i].msg_hdr.msg_namelen)
-                                if seconds > 0:
-                                    if expires is None:
-                                        expires = cache.clock() + seconds
-                                    if entry is not None:
-                                        del entries[key]  # re-inserted last: the cache is oldest first
-                                    entries[key] = (auth, wire, expires)
-                                answered += 1
-                                if self.tx_len >= EARLY_SEND:
-                                    self._send_queued()  # don't hold answers back for a whole batch
-                                continue
-                rest.append((PyBytes_FromStringAndSize(<const char*>pkt, n), addr, self.socks[k], kind))
+                client = self._client(addr)
+                if client is None:
+                    continue
+                key = (addr[0], addr[1], pkt[1], kind)
+                auth = PyBytes_FromStringAndSize(<const char*>pkt + 4, 16)
+                entry = entries.get(key)
+                # Same key and authenticator: a retransmission, answered from the cache by the
+                # Python path. Same key, new authenticator: a new request that reuses the
+                # Identifier, and its reply replaces the entry.
+                if entry is not None and entry[0] == auth:
+                    continue
+                if kind == AUTH:
+                    wire = None
+                    try:
+                        if not began:
+                            began = True
+                            fast.begin()
+                        wire = fast.answer(pkt, n, client)
+                    except Exception as exc:
+                        # The store failed under the lane (a reader-table or I/O error): stop
+                        # using it for this batch; the Python path meets the same error and
+                        # answers as the handler documents (or not at all).
+                        enabled = False
+                        if self.on_lane_error is not None:
+                            self.on_lane_error(exc)
+                    if wire is not None:
+                        self._queue_name(k, wire, self.rx_names + <size_t>i * NAME,
+                                         self.rx_msg[i].msg_hdr.msg_namelen)
+                        if seconds > 0:
+                            if expires is None:
+                                expires = cache.clock() + seconds
+                            if entry is not None:
+                                del entries[key]  # re-inserted last: the cache is oldest first
+                            entries[key] = (auth, wire, expires)
+                        fate[i] = 1
+                        answered += 1
+                        if self.tx_len >= EARLY_SEND:
+                            self._send_queued()  # don't hold answers back for a whole batch
+                    continue
+                if key in held_keys:
+                    writing = False  # the same Identifier twice in one batch: keep it simple
+                    continue
+                wire = None
+                try:
+                    if not wbegan:
+                        wbegan = True
+                        write.begin()
+                    wire = write.account(pkt, n, client, addr[0])
+                except Exception as exc:
+                    writing = False
+                    self._drop_held(held, fate)
+                    if self.on_lane_error is not None:
+                        self.on_lane_error(exc)
+                    continue
+                if wire is None:
+                    if not write.inert:
+                        writing = False
+                    continue
+                held.append((i, key, auth, wire))
+                held_keys.add(key)
+                fate[i] = 2
+            if wbegan and held:
+                try:
+                    write.commit()
+                    committed = True
+                except Exception as exc:
+                    self._drop_held(held, fate)
+                    if self.on_lane_error is not None:
+                        self.on_lane_error(exc)
         finally:
             if began:
                 fast.end()
-            if expires is not None:
-                cache.expire()
+            if wbegan and not committed:
+                write.abort()
+        for i, key, auth, wire in held:  # durable now: release the replies
+            self._queue_name(self.rx_sock[i], wire, self.rx_names + <size_t>i * NAME,
+                             self.rx_msg[i].msg_hdr.msg_namelen)
+            if seconds > 0:
+                if expires is None:
+                    expires = cache.clock() + seconds
+                entries.pop(key, None)
+                entries[key] = (auth, wire, expires)
+        self.accounted = len(held)
+        answered += self.accounted
+        if expires is not None:
+            cache.expire()
+        for i in range(self.received):
+            if fate[i] == 0:
+                k = self.rx_sock[i]
+                rest.append((PyBytes_FromStringAndSize(<const char*>self.rx + <size_t>i * SLOT,
+                                                       self.rx_msg[i].msg_len),
+                             self._address(i), self.socks[k], self.kinds[k]))
         return answered, rest
+
+    cdef int _drop_held(self, list held, uint8_t* fate) except -1:
+        """The write transaction is lost: what it held goes to the Python path."""
+        for item in held:
+            fate[<int>item[0]] = 0
+        del held[:]
+        return 0
 
     cdef object _client(self, tuple addr):
         """`config.client_for(ip)`, memoised per source address until the config is replaced."""

@@ -191,6 +191,7 @@ class Worker:
         lane = fastpath.load_lane()
         self.lane = lane.Lane(list(self.socks), config.server.batch_max) if lane is not None else None
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
+        self.fast_write = getattr(handler, "fast_account", None) if self.lane is not None else None
         if self.lane is not None:
             self.lane.on_recv_error = self._on_recv_error
             self.lane.on_lane_error = self._on_lane_error
@@ -264,10 +265,15 @@ class Worker:
         started = time.perf_counter()
         answered = 0
         try:
-            answered, rest = lane.serve(self.fast, self.config, self.cache)
+            answered, rest = lane.serve(self.fast, self.config, self.cache, self.fast_write)
             if answered:
-                self.recorder.received(d.Code.ACCESS_REQUEST, answered)
-                self.recorder.replied(d.Code.ACCESS_ACCEPT, answered)
+                accounted = lane.accounted
+                if answered > accounted:
+                    self.recorder.received(d.Code.ACCESS_REQUEST, answered - accounted)
+                    self.recorder.replied(d.Code.ACCESS_ACCEPT, answered - accounted)
+                if accounted:
+                    self.recorder.received(d.Code.ACCOUNTING_REQUEST, accounted)
+                    self.recorder.replied(d.Code.ACCOUNTING_RESPONSE, accounted)
                 self.recorder.add("fast_answers", answered)
             if rest:
                 answered += self.handle_batch(rest)
@@ -290,7 +296,7 @@ class Worker:
 
     def _on_lane_error(self, exc: Exception) -> None:
         self.recorder.add("internal_errors")
-        self.ratelog(logging.ERROR, "lane", "card-auth lane failed, the batch takes the Python path: %s",
+        self.ratelog(logging.ERROR, "lane", "C lane failed, its part of the batch takes the Python path: %s",
                      exc, exc_info=exc)
 
     def _serve_python(self, ready: list[tuple[socket.socket, int]]) -> None:

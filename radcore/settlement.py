@@ -142,19 +142,25 @@ class Settlement:
             return None
         return key if txn.get(key, db=self.store.cards) is not None else None
 
+    def rate_unannounced(self, txn, series_no: int, client: Client, called: str,
+                         now: int) -> tuple[rating.Rate | None, int, str]:
+        """(rate, tax ppm, digits rated) for a call of a card of `series_no` that was never authorized;
+        rate None where the series, the number or the rate table gives none."""
+        series = self.lookups.get_series(txn, series_no)
+        profile = client.profile
+        digits = rating.normalize_number(called, strip_plus=profile.strip_plus,
+                                         strip_00=profile.strip_00, tech_prefix=profile.tech_prefix)
+        if series is None or not digits:
+            return None, 0, digits
+        rate = rating.find_rate(txn, self.store, series.rate_table, digits, now,
+                                self.lookups.rate_prefixes(txn, series.rate_table))
+        return rate, self.lookups.tax_ppm(txn, series.tax_profile), digits
+
     def _unauthorized_session(self, txn, req: Request, client: Client, nas: str, card_key: bytes,
                               now: int) -> Session:
         """A call we never authorized (Stop-only NAS, or auth answered elsewhere): rate it now."""
-        series = self.lookups.get_series(txn, st.split_card_key(card_key)[0])
-        profile = client.profile
-        digits = rating.normalize_number(req.called, strip_plus=profile.strip_plus,
-                                         strip_00=profile.strip_00, tech_prefix=profile.tech_prefix)
-        rate = None
-        tax_ppm = 0
-        if series is not None and digits:
-            rate = rating.find_rate(txn, self.store, series.rate_table, digits, now,
-                                    self.lookups.rate_prefixes(txn, series.rate_table))
-            tax_ppm = self.lookups.tax_ppm(txn, series.tax_profile)
+        rate, tax_ppm, digits = self.rate_unannounced(txn, st.split_card_key(card_key)[0], client,
+                                                      req.called, now)
         if rate is None:
             log.warning("unrated call %r to %r from %s: recorded at no charge", req.user_name,
                         req.called, nas)

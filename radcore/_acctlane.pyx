@@ -1,0 +1,615 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Accounting settled in C: Start, Interim-Update and Stop of ordinary calls, with no Python objects per packet.
+
+`radcore.settlement.Settlement` is the reference; this lane is the same arithmetic over the same
+record layouts (`radcore.records`: the card, session and CDR structs), run inside the worker's C loop
+(`radcore._lane.Lane.serve`) in one write transaction per batch that commits durably before any reply
+leaves. What it answers:
+
+- Start of a call authorized earlier (the session exists): the session becomes `started`.
+- Start, Interim-Update or Stop of a call nobody authorized (a Stop-only NAS, or auth answered
+  elsewhere), of a card in a plain spelling: the call is rated now, as the reference does, and opened.
+- Interim-Update and Stop: charge = cost(highest Acct-Session-Time) - already charged, drawn from the
+  reservation and the balance; a Stop releases the rest, closes the session and writes the CDR.
+
+It declines (returns None, and the request takes the Python path after this batch's commit) whatever
+the reference does something else with or logs: Accounting-On/Off, a call with no identifier, an unknown
+card, an authorization filed without a call id, an unrated number, a call that overruns its balance,
+a longer report after a Stop (its CDR is amended), a Message-Authenticator or Proxy-State, text that
+is not plain ASCII, anything malformed. tests/test_acctlane.py checks that the lane and the reference
+leave the same bytes in the store and send the same replies, over generated call flows.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from radcore._fastpath cimport _equal, _packet_md5
+from radcore._lane cimport WriteAnswer
+
+include "_records.pxi"
+
+from radcore import store as st
+
+cdef extern from *:
+    ctypedef long long int128 "__int128"
+
+cdef enum:
+    HEADER = 20
+    MAX_PACKET = 4096
+    MAX_KEY = 511               # LMDB's key size limit (radcore.records.MAX_KEY_SIZE)
+    STRINGS = 5                 # prefix, called, acct_session_id, conf_id, nas
+    S_PREFIX = 0
+    S_CALLED = 1
+    S_SESSION_ID = 2
+    S_CONF_ID = 3
+    S_NAS = 4
+    START = 1
+    STOP = 2
+    INTERIM = 3
+    PPM = 1000000
+
+cdef const uint8_t* _ZEROS = <const uint8_t*>b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+cdef const uint8_t* _CONF_NAME = <const uint8_t*>b"h323-conf-id="
+cdef int64_t INT64_MAX = 0x7FFFFFFFFFFFFFFF
+
+
+cdef struct Span:
+    const uint8_t* p
+    Py_ssize_t n
+
+
+# The fields of an Accounting-Request the settlement reads (radcore.packet.Request's).
+cdef struct Acct:
+    Span user
+    Span nas_identifier
+    Span called
+    Span session_id
+    Span conf_id
+    const uint8_t* nas_ip       # the 4 octets, or NULL
+    uint32_t status
+    int64_t session_time        # -1: absent
+    uint32_t delay_time
+    uint32_t terminate_cause
+
+
+# A session's fixed part (radcore.records.SESSION_FORMAT) and its strings.
+cdef struct Sess:
+    uint8_t card_key[8]
+    int64_t reserved, charged, opened_at, deadline, price_per_minute, connection_fee
+    uint32_t last_session_time, min_volume, interval, grace, tax_ppm
+    uint8_t state
+    Span s[STRINGS]
+
+
+cdef inline bint _ascii(Span s) noexcept nogil:
+    """The reference decodes text as UTF-8 with replacement; plain ASCII decodes the same either way."""
+    cdef Py_ssize_t i
+    for i in range(s.n):
+        if s.p[i] >= 0x80:
+            return False
+    return True
+
+
+cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
+    """Walk the attributes as radcore.packet.parse_request does (the last of a repeated one wins);
+    False for anything the lane leaves to the reference."""
+    cdef Py_ssize_t pos = HEADER, alen, vlen, sub, end
+    cdef const uint8_t* v
+    cdef int atype
+    cdef uint32_t vendor
+    a.user.n = a.nas_identifier.n = a.called.n = a.session_id.n = a.conf_id.n = 0
+    a.user.p = a.nas_identifier.p = a.called.p = a.session_id.p = a.conf_id.p = NULL
+    a.nas_ip = NULL
+    a.status = 0
+    a.session_time = -1
+    a.delay_time = 0
+    a.terminate_cause = 0
+    while pos < length:
+        if pos + 2 > length:
+            return False
+        atype = pkt[pos]
+        alen = pkt[pos + 1]
+        if alen < 2 or pos + alen > length:
+            return False
+        v = pkt + pos + 2
+        vlen = alen - 2
+        if atype == 1:
+            a.user.p = v; a.user.n = vlen
+        elif atype == 4:
+            if vlen != 4:
+                return False
+            a.nas_ip = v
+        elif atype == 32:
+            a.nas_identifier.p = v; a.nas_identifier.n = vlen
+        elif atype == 30:
+            a.called.p = v; a.called.n = vlen
+        elif atype == 44:
+            a.session_id.p = v; a.session_id.n = vlen
+        elif atype == 80 or atype == 33:
+            return False  # Message-Authenticator (verified by the reference), Proxy-State (echoed)
+        elif atype == 40 or atype == 46 or atype == 41 or atype == 49 or atype == 55:
+            if vlen != 4:
+                return False
+            if atype == 40:
+                a.status = _be32(v)
+            elif atype == 46:
+                a.session_time = _be32(v)
+            elif atype == 41:
+                a.delay_time = _be32(v)
+            elif atype == 49:
+                a.terminate_cause = _be32(v)
+        elif atype == 26 and vlen >= 4:
+            vendor = _be32(v)
+            if vendor == 9 or vendor == 6618:
+                # Split as radcore.packet._split_vsa: a malformed chain is kept whole there (so
+                # carries no conf-id); rather than mirror that, leave it to the reference.
+                sub = 4
+                if sub >= vlen:
+                    return False
+                while sub < vlen:
+                    if sub + 2 > vlen or v[sub + 1] < 2 or sub + v[sub + 1] > vlen:
+                        return False
+                    if v[sub] == 24:  # h323-conf-id, bare or "h323-conf-id=" prefixed
+                        a.conf_id.p = v + sub + 2
+                        a.conf_id.n = v[sub + 1] - 2
+                        if a.conf_id.n >= 13 and _equal(a.conf_id.p, _CONF_NAME, 13):
+                            a.conf_id.p += 13
+                            a.conf_id.n -= 13
+                    sub += v[sub + 1]
+        pos += alen
+    return (_ascii(a.user) and _ascii(a.nas_identifier) and _ascii(a.called) and _ascii(a.session_id)
+            and _ascii(a.conf_id))
+
+
+cdef bint _unpack_session(bytes raw, Sess* s) noexcept:
+    """radcore.records.Session.unpack over the bytes LMDB returned; False if it would not decode."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), pos = SESSION_SIZE, ln
+    cdef int j
+    if n < SESSION_SIZE:
+        return False
+    memcpy(s.card_key, p, 8)
+    s.reserved = _le64(p + 8)
+    s.charged = _le64(p + 16)
+    s.opened_at = _le64(p + 24)
+    s.deadline = _le64(p + 32)
+    s.price_per_minute = _le64(p + 40)
+    s.connection_fee = _le64(p + 48)
+    s.last_session_time = _le32(p + 56)
+    s.min_volume = _le32(p + 60)
+    s.interval = _le32(p + 64)
+    s.grace = _le32(p + 68)
+    s.tax_ppm = _le32(p + 72)
+    s.state = p[76]
+    if s.state > SESSION_STOPPED:
+        return False
+    for j in range(STRINGS):
+        if pos + 2 > n:
+            return False
+        ln = p[pos] | (<Py_ssize_t>p[pos + 1] << 8)
+        pos += 2
+        if pos + ln > n:
+            return False
+        s.s[j].p = p + pos
+        s.s[j].n = ln
+        if not _ascii(s.s[j]):
+            return False
+        pos += ln
+    return True
+
+
+cdef bytes _pack_session(Sess* s):
+    cdef Py_ssize_t n = SESSION_SIZE, j
+    for j in range(STRINGS):
+        n += 2 + s.s[j].n
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(p, s.card_key, 8)
+    _put_le64(p + 8, s.reserved)
+    _put_le64(p + 16, s.charged)
+    _put_le64(p + 24, s.opened_at)
+    _put_le64(p + 32, s.deadline)
+    _put_le64(p + 40, s.price_per_minute)
+    _put_le64(p + 48, s.connection_fee)
+    _put_le32(p + 56, s.last_session_time)
+    _put_le32(p + 60, s.min_volume)
+    _put_le32(p + 64, s.interval)
+    _put_le32(p + 68, s.grace)
+    _put_le32(p + 72, s.tax_ppm)
+    p[76] = s.state
+    p[77] = p[78] = p[79] = 0
+    cdef Py_ssize_t pos = SESSION_SIZE
+    for j in range(STRINGS):
+        pos = _put_string(p, pos, s.s[j])
+    return out
+
+
+cdef inline Py_ssize_t _put_string(uint8_t* p, Py_ssize_t pos, Span s) noexcept nogil:
+    p[pos] = <uint8_t>(s.n & 0xFF)
+    p[pos + 1] = <uint8_t>(s.n >> 8)
+    if s.n:
+        memcpy(p + pos + 2, s.p, s.n)
+    return pos + 2 + s.n
+
+
+cdef bytes _pack_cdr(Sess* s, int64_t stop_time, int64_t billed, uint32_t cause):
+    """radcore.records.Cdr.pack: "<3q3I4x" then nas, acct_session_id, conf_id, called, prefix."""
+    cdef Py_ssize_t n = 40 + 10 + s.s[S_NAS].n + s.s[S_SESSION_ID].n + s.s[S_CONF_ID].n \
+        + s.s[S_CALLED].n + s.s[S_PREFIX].n
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    _put_le64(p, stop_time - s.last_session_time)
+    _put_le64(p + 8, stop_time)
+    _put_le64(p + 16, s.charged)
+    _put_le32(p + 24, s.last_session_time)
+    _put_le32(p + 28, <uint32_t>billed)
+    _put_le32(p + 32, cause)
+    p[36] = p[37] = p[38] = p[39] = 0
+    cdef Py_ssize_t pos = 40
+    pos = _put_string(p, pos, s.s[S_NAS])
+    pos = _put_string(p, pos, s.s[S_SESSION_ID])
+    pos = _put_string(p, pos, s.s[S_CONF_ID])
+    pos = _put_string(p, pos, s.s[S_CALLED])
+    _put_string(p, pos, s.s[S_PREFIX])
+    return out
+
+
+# --- rating: radcore.rating.billed_seconds and cost, in 128-bit integers ---------------------------
+
+cdef inline int128 _ceil_div(int128 a, int128 b) noexcept nogil:
+    return (a + b - 1) // b  # a >= 0, b > 0 here
+
+
+cdef inline int128 _billed(Sess* s, int128 duration) noexcept nogil:
+    if duration <= s.grace:
+        return 0
+    if duration <= s.min_volume:
+        return s.min_volume
+    return s.min_volume + _ceil_div(duration - s.min_volume, s.interval) * s.interval
+
+
+cdef inline int128 _cost(Sess* s, int128 duration) noexcept nogil:
+    if duration <= s.grace:
+        return 0
+    cdef int128 base = s.connection_fee + _ceil_div(_billed(s, duration) * s.price_per_minute, 60)
+    return base + _ceil_div(base * s.tax_ppm, PPM)
+
+
+cdef class _Client:
+    """What the lane needs of one radcore.config.Client."""
+    cdef object client              # kept alive: the lane's cache is keyed by id(client)
+    cdef bytes secret
+    cdef bint eligible              # PIN-only profiles identify the card by PIN: not this lane
+
+
+cdef class AccountingLane(WriteAnswer):
+    """Plugs into `radcore._lane.Lane.serve`; one per worker, owned by its PrepaidHandler."""
+
+    cdef object store
+    cdef object settlement          # radcore.settlement.Settlement: rates a call nobody authorized
+    cdef object lookups             # radcore.prepaid.Lookups, shared with the handler
+    cdef object clock
+    cdef object cards_db, sessions_db, deadlines_db, cdrs_db
+    cdef object txn
+    cdef int64_t now
+    cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
+    cdef int64_t retention          # session_retention_seconds
+    cdef long long version
+    cdef int64_t rated_at           # the second `rated` belongs to (rates have effective dates)
+    cdef dict rated                 # (series, _Client, called) -> rate tuple, or None: not here
+    cdef dict clients               # id(Client) -> _Client
+    cdef public long long answered  # requests this lane answered (the tests' view)
+
+    def __init__(self, store, settlement, lookups, clock):
+        self.store = store
+        self.settlement = settlement
+        self.lookups = lookups
+        self.clock = clock
+        self.cards_db = store.cards
+        self.sessions_db = store.sessions
+        self.deadlines_db = store.session_deadlines
+        self.cdrs_db = store.cdrs
+        config = settlement.config
+        self.call_seconds = config.max_call_seconds + config.reservation_grace_seconds
+        self.retention = config.session_retention_seconds
+        self.txn = None
+        self.version = -2
+        self.rated_at = -1
+        self.rated = {}
+        self.clients = {}
+        self.answered = 0
+
+    cdef int begin(self) except -1:
+        self.now = self.clock()
+        self.txn = self.store.begin(write=True)
+        self.lookups.refresh(self.txn)
+        if self.lookups.version != self.version or self.now != self.rated_at:
+            if self.lookups.version != self.version:
+                self.clients.clear()
+            self.version = self.lookups.version
+            self.rated_at = self.now
+            self.rated.clear()
+        return 0
+
+    cdef int commit(self) except -1:
+        txn, self.txn = self.txn, None
+        txn.commit()
+        return 0
+
+    cdef int abort(self) except -1:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            txn.abort()
+        return 0
+
+    def settle(self, data, client, ip):
+        """One datagram in its own write transaction, committed if answered (tests, cross-check)."""
+        cdef bytes pkt = bytes(data)
+        self.begin()
+        try:
+            wire = self.account(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt), client, ip)
+            if wire is not None:
+                self.commit()
+            return wire
+        finally:
+            self.abort()
+
+    cdef _Client _client(self, object client):
+        cdef _Client c = self.clients.get(id(client))
+        if c is not None and c.client is client:
+            return c
+        c = _Client.__new__(_Client)
+        c.client = client
+        c.secret = bytes(client.secret)
+        c.eligible = not client.profile.pin_only
+        if len(self.clients) > 4096:
+            self.clients.clear()
+        self.clients[id(client)] = c
+        return c
+
+    cdef object account(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip):
+        self.inert = False
+        cdef _Client c = self._client(client)
+        cdef Py_ssize_t length = (<Py_ssize_t>pkt[2] << 8) | pkt[3]
+        if pkt[0] != 4 or length < HEADER or length > MAX_PACKET or length > n:
+            self.inert = True  # the reference drops it
+            return None
+        cdef uint8_t mac[16]
+        _packet_md5(mac, pkt, length, _ZEROS, 16, c.secret)
+        if not _equal(mac, pkt + 4, 16):
+            self.inert = True  # a bad authenticator: dropped and counted by the reference
+            return None
+        cdef Acct a
+        if not c.eligible or not _parse(pkt, length, &a):
+            return None
+        if a.status != START and a.status != STOP and a.status != INTERIM:
+            return None
+        cdef Span cid = a.conf_id if a.conf_id.n else a.session_id
+        if cid.n == 0:
+            return None
+
+        # The session key: NAS identity (NAS-Identifier, else NAS-IP-Address, else the source) + NUL + call id.
+        cdef bytes nas
+        cdef char quad[16]
+        cdef Py_ssize_t i
+        if a.nas_identifier.n:
+            nas = PyBytes_FromStringAndSize(<const char*>a.nas_identifier.p, a.nas_identifier.n)
+        elif a.nas_ip != NULL:
+            nas = ("%d.%d.%d.%d" % (a.nas_ip[0], a.nas_ip[1], a.nas_ip[2], a.nas_ip[3])).encode()
+        else:
+            nas = ip.encode()
+        if b"\0" in nas or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
+            return None
+        cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
+
+        cdef Sess s
+        cdef bytes session_raw = self.txn.get(skey, None, self.sessions_db)
+        cdef bytes card_raw
+        cdef bytes fresh = None
+        cdef object rate
+        cdef uint32_t series_no, serial
+        cdef uint8_t key[8]
+        if session_raw is not None:
+            if not _unpack_session(session_raw, &s):
+                return None
+        else:
+            # A call nobody authorized: the reference's Settlement._unauthorized_session.
+            if not _card_number(a.user.p, a.user.n, &series_no, &serial):
+                return None
+            _card_key(key, series_no, serial)
+            memcpy(s.card_key, key, 8)
+            card_raw = self.txn.get(PyBytes_FromStringAndSize(<const char*>key, 8), None, self.cards_db)
+            if card_raw is None:
+                return None
+            fallback = "%s\0auth:%d-%09d:%s" % (nas.decode(), series_no, serial,
+                                                 PyBytes_FromStringAndSize(<const char*>a.called.p,
+                                                                           a.called.n).decode())
+            fallback_key = fallback.encode()
+            if PyBytes_GET_SIZE(fallback_key) > MAX_KEY:
+                return None
+            if self.txn.get(fallback_key, None, self.sessions_db) is not None:
+                return None  # an authorization filed without a call id: the reference adopts it
+            rate = self._rate(series_no, c, a.called)
+            if rate is None:
+                return None
+            s.state = SESSION_STARTED
+            s.reserved = s.charged = 0
+            s.opened_at = self.now
+            s.deadline = self.now + self.call_seconds
+            s.last_session_time = 0
+            s.price_per_minute = rate[0]
+            s.connection_fee = rate[1]
+            s.min_volume = rate[2]
+            s.interval = rate[3]
+            s.grace = rate[4]
+            s.tax_ppm = rate[5]
+            fresh = rate[6]  # prefix + called digits, the strings' storage
+            s.s[S_PREFIX].p = <const uint8_t*>PyBytes_AS_STRING(fresh)
+            s.s[S_PREFIX].n = <Py_ssize_t>rate[7]
+            s.s[S_CALLED].p = s.s[S_PREFIX].p + s.s[S_PREFIX].n
+            s.s[S_CALLED].n = PyBytes_GET_SIZE(fresh) - s.s[S_PREFIX].n
+            s.s[S_SESSION_ID] = a.session_id
+            s.s[S_CONF_ID] = a.conf_id
+            s.s[S_NAS].p = <const uint8_t*>PyBytes_AS_STRING(nas)
+            s.s[S_NAS].n = PyBytes_GET_SIZE(nas)
+
+        if a.status == START:
+            if s.state == SESSION_AUTHORIZED:
+                s.state = SESSION_STARTED
+            if s.s[S_SESSION_ID].n == 0:
+                s.s[S_SESSION_ID] = a.session_id
+            if fresh is not None and not self._open_call(card_raw, key):
+                return None
+            self._put_session(skey, session_raw, &s)
+            return self._reply(pkt, c.secret)
+
+        # Interim-Update or Stop: settle on the card.
+        cdef bytes ckey = PyBytes_FromStringAndSize(<const char*>s.card_key, 8)
+        if fresh is None:
+            card_raw = self.txn.get(ckey, None, self.cards_db)
+            if card_raw is None:
+                return None
+        if PyBytes_GET_SIZE(card_raw) < CARD_SIZE or (<const uint8_t*>PyBytes_AS_STRING(card_raw))[OFF_STATUS] > STATUS_BLOCKED:
+            return None
+        if s.interval == 0 or s.price_per_minute < 0 or s.connection_fee < 0:
+            return None
+        cdef bytes card = PyBytes_FromStringAndSize(PyBytes_AS_STRING(card_raw), PyBytes_GET_SIZE(card_raw))
+        cdef uint8_t* cp = <uint8_t*>PyBytes_AS_STRING(card)
+        cdef uint16_t open_calls = cp[OFF_OPEN_CALLS] | (<uint16_t>cp[OFF_OPEN_CALLS + 1] << 8)
+        if fresh is not None:
+            if open_calls == 0xFFFF:
+                return None
+            open_calls += 1
+        cdef int64_t balance = _le64(cp + OFF_BALANCE), reserved = _le64(cp + OFF_RESERVED)
+        cdef int64_t charged_before = s.charged
+
+        # Settlement._settle
+        cdef int64_t reported = a.session_time if a.session_time > 0 else 0
+        if reported > s.last_session_time:
+            s.last_session_time = <uint32_t>reported
+        cdef int128 total = _cost(&s, s.last_session_time)
+        if total > INT64_MAX:
+            return None
+        cdef int64_t owed = <int64_t>total - s.charged, release, debit
+        if owed > 0:
+            release = owed if owed < s.reserved else s.reserved
+            s.reserved -= release
+            reserved -= release
+            debit = balance if balance > 0 else 0
+            if owed < debit:
+                debit = owed
+            if debit < owed:
+                return None  # an overrun: the reference logs it
+            balance -= debit
+            s.charged += debit
+
+        cdef bytes cdr = None
+        cdef int64_t stop_time = 0
+        cdef int128 billed
+        if s.state == SESSION_STOPPED:
+            if s.charged != charged_before:
+                return None  # a longer report after the Stop: the reference amends the CDR
+        elif a.status == STOP:
+            # Settlement._close
+            stop_time = self.now - a.delay_time
+            reserved -= s.reserved
+            s.reserved = 0
+            if open_calls:
+                open_calls -= 1
+            s.state = SESSION_STOPPED
+            s.deadline = self.now + self.retention
+            if balance <= 0 and cp[OFF_STATUS] == STATUS_ACTIVATED:
+                cp[OFF_STATUS] = STATUS_USED
+            billed = _billed(&s, s.last_session_time)
+            if billed > 0xFFFFFFFF:
+                return None
+            cdr = _pack_cdr(&s, stop_time, <int64_t>billed, a.terminate_cause)
+        _put_le64(cp + OFF_BALANCE, balance)
+        _put_le64(cp + OFF_RESERVED, reserved)
+        _put_le64(cp + OFF_LAST_USE, self.now)
+        cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
+        cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
+        if cdr is not None:
+            self.txn.put(st.next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, db=self.cdrs_db)
+        self._put_session(skey, session_raw, &s)
+        self.txn.put(ckey, card, db=self.cards_db)
+        return self._reply(pkt, c.secret)
+
+    cdef bint _open_call(self, bytes card_raw, uint8_t* key) except -1:
+        """One more call holds the card (the reference's open_calls += 1 for a call it rated)."""
+        if PyBytes_GET_SIZE(card_raw) < CARD_SIZE or (<const uint8_t*>PyBytes_AS_STRING(card_raw))[OFF_STATUS] > STATUS_BLOCKED:
+            return False
+        cdef bytes card = PyBytes_FromStringAndSize(PyBytes_AS_STRING(card_raw), PyBytes_GET_SIZE(card_raw))
+        cdef uint8_t* cp = <uint8_t*>PyBytes_AS_STRING(card)
+        cdef uint16_t open_calls = cp[OFF_OPEN_CALLS] | (<uint16_t>cp[OFF_OPEN_CALLS + 1] << 8)
+        if open_calls == 0xFFFF:
+            return False
+        open_calls += 1
+        cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
+        cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
+        self.txn.put(PyBytes_FromStringAndSize(<const char*>key, 8), card, db=self.cards_db)
+        return True
+
+    cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
+        """radcore.store.put_session: the session and its entry in the deadline index."""
+        cdef int64_t old_deadline
+        if old is not None:
+            old_deadline = _le64(<const uint8_t*>PyBytes_AS_STRING(old) + 32)
+            if old_deadline != s.deadline:
+                self.txn.delete(_deadline_key(old_deadline, skey), db=self.deadlines_db)
+        self.txn.put(skey, _pack_session(s), db=self.sessions_db)
+        self.txn.put(_deadline_key(s.deadline, skey), b"", db=self.deadlines_db)
+        return 0
+
+    cdef object _rate(self, uint32_t series_no, _Client c, Span called):
+        """(price, connection fee, min volume, interval, grace, tax ppm, prefix + digits, len(prefix))
+        for a call nobody authorized, from the reference's own rating; None where it would not rate."""
+        cdef bytes number = PyBytes_FromStringAndSize(<const char*>called.p, called.n)
+        memo = (series_no, c, number)  # the _Client itself: its profile decides the digits
+        try:
+            return self.rated[memo]
+        except KeyError:
+            pass
+        found = None
+        rate, tax_ppm, digits = self.settlement.rate_unannounced(self.txn, series_no, c.client,
+                                                                 number.decode(), self.now)
+        if rate is not None and rate.min_volume >= 0 and rate.grace >= 0 and rate.interval > 0 \
+                and 0 <= tax_ppm <= 0xFFFFFFFF and rate.min_volume <= 0xFFFFFFFF \
+                and rate.interval <= 0xFFFFFFFF and rate.grace <= 0xFFFFFFFF:
+            prefix = rate.prefix.encode()
+            found = (rate.price_per_minute, rate.connection_fee, rate.min_volume, rate.interval,
+                     rate.grace, tax_ppm, prefix + digits.encode(), len(prefix))
+        if len(self.rated) > 65536:
+            self.rated.clear()
+        self.rated[memo] = found
+        return found
+
+    cdef bytes _reply(self, const uint8_t* req, bytes secret):
+        """Accounting-Response with no attributes: MD5(Code + Identifier + Length + RequestAuth + secret)."""
+        cdef uint8_t out[HEADER]
+        out[0] = 5
+        out[1] = req[1]
+        out[2] = 0
+        out[3] = HEADER
+        memcpy(out + 4, req + 4, 16)
+        cdef uint8_t mac[16]
+        _packet_md5(mac, out, HEADER, req + 4, 16, secret)
+        memcpy(out + 4, mac, 16)
+        self.answered += 1
+        return PyBytes_FromStringAndSize(<const char*>out, HEADER)
+
+
+cdef bytes _deadline_key(int64_t deadline, bytes skey):
+    """radcore.store._deadline_key: u64 BE max(deadline, 0) + session key."""
+    cdef uint8_t head[8]
+    cdef uint64_t v = <uint64_t>(deadline if deadline > 0 else 0)
+    cdef int i
+    for i in range(8):
+        head[7 - i] = <uint8_t>(v & 0xFF)
+        v >>= 8
+    return PyBytes_FromStringAndSize(<const char*>head, 8) + skey

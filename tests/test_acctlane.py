@@ -1,0 +1,256 @@
+"""The C accounting lane (radcore._acctlane) against the Python reference (radcore.settlement).
+
+Two stores start as byte-for-byte copies. Every accounting request goes to the reference on one
+and through the lane on the other (the reference deciding there too when the lane declines); after
+every request the replies must be the same bytes, and at the end so must every record the
+settlement writes: cards, sessions, the deadline index and CDRs. The flows are generated: announced
+and unannounced calls, Interim-Updates, duplicates, Stops before Starts, late reports after a Stop,
+delays, tax, grace periods, cards that run dry, numbers that do not rate. The tests also check the
+lane answers most of them, so the comparison is never vacuous.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import pytest
+
+from radcore import dictionary as d
+from radcore import fastpath, packet
+from radcore.errors import PacketError
+from radcore.handler import PrepaidHandler
+from radcore.records import CardStatus
+from radcore.server import NoReply
+from radcore.store import Store, card_key, iter_card_cdrs
+
+from helpers_prepaid import NAS_IP, SECRET, T0, World, make_world
+
+pytestmark = pytest.mark.skipif(fastpath.load_lane() is None, reason="the C lane is built on Linux only")
+
+CONF_VSA = d.vsa_key(d.VENDOR_CISCO, d.H323_CONF_ID)
+DBS = ("cards", "sessions", "session_deadlines", "cdrs")
+SOURCE_IP = "127.0.0.1"
+
+
+def twin(world: World, path) -> World:
+    """A second world over a byte-for-byte copy of `world`'s store, with its own handler and clock."""
+    path.mkdir()
+    world.store.env.copy(str(path))
+    store = Store(path, map_size=1 << 30)
+    clock = type(world.clock)(world.clock())
+    handler = PrepaidHandler(world.config, clock=clock, store=store, keyring=world.keyring)
+    return World(world.config, store, world.keyring, clock, handler, world.pins)
+
+
+def dump(world: World) -> dict[str, list[tuple[bytes, bytes]]]:
+    with world.store.begin() as txn:
+        return {name: list(txn.cursor(db=getattr(world.store, name))) for name in DBS}
+
+
+def reference(world: World, raw: bytes, client) -> bytes | None:
+    try:
+        req = packet.parse_request(raw, client.secret, client.require_message_authenticator)
+    except PacketError:
+        return None
+    [reply] = world.handler.handle([(req, client, (SOURCE_IP, 40000))])
+    if reply is None or isinstance(reply, NoReply):
+        return None
+    return packet.encode_response(req, reply[0], reply[1], client.secret)
+
+
+def accounting(number: str, status: int, *, conf_id: str = "", session_id: str = "", session_time=None,
+               called: str = "", delay: int = 0, nas_id: str = "", extra=(), secret: bytes = SECRET) -> bytes:
+    attrs = [(d.USER_NAME, number.encode()), (d.NAS_IP_ADDRESS, bytes(map(int, NAS_IP.split(".")))),
+             (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big"))]
+    if nas_id:
+        attrs.append((d.NAS_IDENTIFIER, nas_id.encode()))
+    if session_id:
+        attrs.append((d.ACCT_SESSION_ID, session_id.encode()))
+    if conf_id:
+        attrs.append((CONF_VSA, f"h323-conf-id={conf_id}".encode()))
+    if called:
+        attrs.append((d.CALLED_STATION_ID, called.encode()))
+    if session_time is not None:
+        attrs.append((d.ACCT_SESSION_TIME, session_time.to_bytes(4, "big")))
+    if delay:
+        attrs.append((d.ACCT_DELAY_TIME, delay.to_bytes(4, "big")))
+    attrs.extend(extra)
+    return packet.encode_accounting_request(random.randrange(256), attrs, secret)
+
+
+class Pair:
+    """The reference world and the lane world, fed the same requests."""
+
+    def __init__(self, world: World, tmp_path):
+        self.ref = world
+        self.fast = twin(world, tmp_path / "lane")
+        self.lane = self.fast.handler.fast_account
+        self.answered = 0
+
+    def tick(self, seconds: int) -> None:
+        self.ref.clock.advance(seconds)
+        self.fast.clock.advance(seconds)
+
+    def access(self, raw: bytes, client: str = "cisco-gw") -> bytes | None:
+        """Number authorizations (reservations) are the Python path's on both sides."""
+        one = reference(self.ref, raw, self.ref.client(client))
+        two = reference(self.fast, raw, self.fast.client(client))
+        assert (one is None) == (two is None)
+        return one
+
+    def account(self, raw: bytes, client: str = "cisco-gw") -> bytes | None:
+        expected = reference(self.ref, raw, self.ref.client(client))
+        wire = self.lane.settle(raw, self.fast.client(client), SOURCE_IP)
+        if wire is None:
+            wire = reference(self.fast, raw, self.fast.client(client))
+        else:
+            self.answered += 1
+        assert wire == expected, raw
+        return wire
+
+    def check(self) -> None:
+        assert dump(self.fast) == dump(self.ref)
+
+
+@pytest.fixture
+def world(tmp_path):
+    (tmp_path / "ref").mkdir()
+    w = make_world(tmp_path / "ref", """
+[[clients]]
+name = "edge"
+network = "127.0.0.9"
+secret = "{secret}"
+profile = "cisco"
+""".format(secret=SECRET.decode()))
+    w.add_series(45, quantity=6, initial_status=CardStatus.ACTIVATED, face_balance=5_000_000)
+    w.add_series(46, quantity=4, initial_status=CardStatus.ACTIVATED, face_balance=50_000_000,
+                 tax_profile="vat20")
+    w.add_series(48, quantity=2, initial_status=CardStatus.ACTIVATED, face_balance=900_000)
+    w.add_series(47, quantity=2, initial_status=CardStatus.PENDING, face_balance=2_000_000)
+    return w
+
+
+def access_request(world: World, series: int, serial: int, called: str, conf_id: str) -> bytes:
+    attrs = [(d.USER_NAME, world.number(series, serial).encode()),
+             (d.NAS_IP_ADDRESS, bytes(map(int, NAS_IP.split(".")))), (d.CALLED_STATION_ID, called.encode())]
+    if conf_id:
+        attrs.append((CONF_VSA, f"h323-conf-id={conf_id}".encode()))
+    return packet.encode_access_request(random.randrange(256), os.urandom(16), attrs, SECRET,
+                                        password=world.pins[series][serial].encode())
+
+
+NUMBERS = ("442079460000", "447700900123", "+12125550100", "+12125550100", "0012125550199", "4420", "999123",
+           "*86", "")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_generated_call_flows_leave_the_same_store_and_replies(world, tmp_path, seed):
+    rng = random.Random(seed)
+    random.seed(seed)
+    pair = Pair(world, tmp_path)
+    cards = [(45, i) for i in range(6)] + [(46, i) for i in range(4)] + [(47, 0), (48, 0), (48, 1)]
+    calls = []
+    for n in range(30):
+        series, serial = rng.choice(cards)
+        conf = f"{seed:08X} {n:08X} 0000AAAA 0000BBBB" if rng.random() < 0.85 else ""
+        calls.append({"card": (series, serial), "conf": conf, "sid": f"S{seed}-{n}",
+                      "called": rng.choice(NUMBERS), "time": 0, "nas": rng.choice(["", "", "gw-7"]),
+                      "stage": "new"})
+    for _ in range(500):
+        call = rng.choice(calls)
+        number = world.number(*call["card"])
+        common = dict(conf_id=call["conf"], session_id=call["sid"], called=call["called"],
+                      nas_id=call["nas"])
+        roll = rng.random()
+        if call["stage"] == "new" and roll < 0.4 and not call["nas"]:
+            pair.access(access_request(world, *call["card"], call["called"], call["conf"]))
+            call["stage"] = "authorized"
+        elif roll < 0.6:
+            pair.account(accounting(number, d.AcctStatus.START, **common))
+            call["stage"] = "started"
+        elif roll < 0.8:
+            call["time"] += rng.choice([0, 1, 3, 29, 30, 60, 61, 95, 127, 600])
+            pair.account(accounting(number, d.AcctStatus.INTERIM_UPDATE, session_time=call["time"], **common))
+        else:
+            call["time"] += rng.choice([0, 0, 2, 45, 130, 211])
+            pair.account(accounting(number, d.AcctStatus.STOP, session_time=call["time"],
+                                    delay=rng.choice([0, 0, 4]), extra=[(d.ACCT_TERMINATE_CAUSE,
+                                                                         (1).to_bytes(4, "big"))],
+                                    **common))
+            call["stage"] = "stopped"
+        if rng.random() < 0.2:
+            pair.tick(rng.choice([1, 7, 60]))
+    pair.check()
+    assert pair.answered >= 200, pair.answered  # most of the traffic is the lane's
+    with pair.fast.store.begin() as txn:
+        cdrs = sum(1 for s, n in cards for _ in iter_card_cdrs(txn, pair.fast.store, card_key(s, n)))
+    assert cdrs > 10
+
+
+def test_the_lane_settles_an_announced_call_to_the_micro_unit(world, tmp_path):
+    """Number authorization reserves, Start binds, Interim and Stop settle (20% tax on series 46, a
+    per-second rate whose charge and tax both round up): the card pays exactly rating.cost once,
+    the hold is released, one CDR is written."""
+    from helpers_prepaid import US
+    from radcore import rating
+
+    pair = Pair(world, tmp_path)
+    number, conf, called = world.number(46, 1), "CAFE0001 1 2 3", "+12125550100"
+    pair.access(access_request(world, 46, 1, called, conf))
+    assert pair.fast.card(46, 1).reserved > 0
+    for status, t in ((d.AcctStatus.START, None), (d.AcctStatus.INTERIM_UPDATE, 61),
+                      (d.AcctStatus.STOP, 125), (d.AcctStatus.STOP, 125)):
+        pair.account(accounting(number, status, conf_id=conf, session_id="s1", session_time=t, called=called))
+    assert pair.answered == 4
+    pair.check()
+    cost = rating.cost(US, 125, 200_000)
+    assert cost == 25_001  # 125 s at 0.01/min = 20,833.3 -> 20,834; 20% tax 4,166.8 -> 4,167
+    card = pair.fast.card(46, 1)
+    assert (card.balance, card.reserved, card.open_calls) == (50_000_000 - cost, 0, 0)
+    with pair.fast.store.begin() as txn:
+        [(_, cdr)] = list(iter_card_cdrs(txn, pair.fast.store, card_key(46, 1)))
+    assert (cdr.duration, cdr.billed_seconds, cdr.cost, cdr.conf_id, cdr.acct_session_id) == (
+        125, 125, cost, conf, "s1")
+
+
+def test_the_lane_leaves_what_the_reference_logs_or_treats_specially(world, tmp_path):
+    """Each of these is declined by the lane (None) and then decided by the reference."""
+    pair = Pair(world, tmp_path)
+    lane, cisco = pair.lane, pair.fast.client()
+    n45 = world.number(45, 0)
+    # a call that ran past its card's money (series 48 holds 0.90; 2 hours cost far more)
+    overrun = accounting(world.number(48, 0), d.AcctStatus.STOP, conf_id="OVER", session_time=7200,
+                         called="442079460000")
+    declined = [
+        (accounting(n45, d.AcctStatus.ACCOUNTING_ON), cisco),
+        (accounting(n45, 7), cisco),  # Failed
+        (accounting(n45, d.AcctStatus.START), cisco),  # no call identifier at all
+        (accounting("45-000000999", d.AcctStatus.START, conf_id="X1", called="442079460000"), cisco),
+        (accounting("45 000000000", d.AcctStatus.START, conf_id="X2", called="442079460000"), cisco),
+        (accounting(n45, d.AcctStatus.START, conf_id="X3", called="*86"), cisco),  # not rateable
+        (accounting(n45, d.AcctStatus.START, conf_id="X4", called="999123"), cisco),  # no rate
+        (accounting(n45, d.AcctStatus.START, conf_id="X5", called="442079460000",
+                    extra=[(d.PROXY_STATE, b"hop")]), cisco),
+        (accounting(n45, d.AcctStatus.START, conf_id="X6", called="442079460000",
+                    extra=[(d.MESSAGE_AUTHENTICATOR, bytes(16))]), cisco),
+        (accounting(n45, d.AcctStatus.START, conf_id="X7\u00e9", called="442079460000"), cisco),
+        (accounting(n45, d.AcctStatus.START, conf_id="X8", called="442079460000"), pair.fast.client("tenor-pin")),
+        (accounting(n45, d.AcctStatus.START, conf_id="X9", called="442079460000", secret=b"wrong"), cisco),
+        (overrun, cisco),
+    ]
+    for raw, client in declined:
+        assert lane.settle(raw, client, SOURCE_IP) is None, raw
+    assert lane.answered == 0
+    assert dump(pair.fast) == dump(pair.ref)  # declining wrote nothing
+
+    # A report after the Stop that bills no more is the lane's; a longer one amends the CDR, which
+    # is the reference's job (UK: 60 s minimum, then 6 s steps, so 70 and 71 s both bill 72 s).
+    common = dict(conf_id="LATE", called="442079460000")
+    assert lane.settle(accounting(n45, d.AcctStatus.STOP, session_time=70, **common), cisco, SOURCE_IP)
+    assert lane.settle(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=71, **common), cisco,
+                       SOURCE_IP)
+    assert lane.settle(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=80, **common), cisco,
+                       SOURCE_IP) is None
