@@ -364,6 +364,7 @@ PROFILE_RULES = (  # first match walking from the innermost frame outwards decid
     ("idle (waiting in epoll)", ("epoll_wait", "select_epoll_poll", "EpollSelector")),
     ("codec (_fastpath, Cython)", ("_fastpath",)),
     ("card-auth lane (C: _cardauth)", ("_cardauth", "_sha256")),
+    ("accounting lane (C: _acctlane)", ("_acctlane",)),
     ("batch loop (C: _lane)", ("_lane.pyx", "radcore/_lane", "_lane.cpython")),
     ("PIN check (HMAC-SHA256 in keys.py)", ("radcore/keys.py",)),
     ("server loop Python (server.py, dupcache, metrics)", ("radcore/server.py", "radcore/dupcache.py",

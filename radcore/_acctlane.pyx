@@ -22,6 +22,7 @@ leave the same bytes in the store and send the same replies, over generated call
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 from radcore._fastpath cimport _equal, _packet_md5
@@ -29,7 +30,7 @@ from radcore._lane cimport WriteAnswer
 
 include "_records.pxi"
 
-from radcore import store as st
+from radcore.errors import StoreError
 
 cdef extern from *:
     ctypedef long long int128 "__int128"
@@ -296,6 +297,7 @@ cdef class AccountingLane(WriteAnswer):
     cdef object clock
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
     cdef object txn
+    cdef object cdr_cursor          # over `cdrs` in txn: finds the next free CDR sequence number
     cdef int64_t now
     cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
     cdef int64_t retention          # session_retention_seconds
@@ -327,6 +329,7 @@ cdef class AccountingLane(WriteAnswer):
     cdef int begin(self) except -1:
         self.now = self.clock()
         self.txn = self.store.begin(write=True)
+        self.cdr_cursor = self.txn.cursor(db=self.cdrs_db)
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version or self.now != self.rated_at:
             if self.lookups.version != self.version:
@@ -338,11 +341,13 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef int commit(self) except -1:
         txn, self.txn = self.txn, None
+        self.cdr_cursor = None
         txn.commit()
         return 0
 
     cdef int abort(self) except -1:
         txn, self.txn = self.txn, None
+        self.cdr_cursor = None
         if txn is not None:
             txn.abort()
         return 0
@@ -396,11 +401,14 @@ cdef class AccountingLane(WriteAnswer):
         # The session key: NAS identity (NAS-Identifier, else NAS-IP-Address, else the source) + NUL + call id.
         cdef bytes nas
         cdef char quad[16]
+        cdef char number[32]
+        cdef int number_n
         cdef Py_ssize_t i
         if a.nas_identifier.n:
             nas = PyBytes_FromStringAndSize(<const char*>a.nas_identifier.p, a.nas_identifier.n)
         elif a.nas_ip != NULL:
-            nas = ("%d.%d.%d.%d" % (a.nas_ip[0], a.nas_ip[1], a.nas_ip[2], a.nas_ip[3])).encode()
+            nas = PyBytes_FromStringAndSize(quad, snprintf(quad, 16, "%u.%u.%u.%u", a.nas_ip[0],
+                                                           a.nas_ip[1], a.nas_ip[2], a.nas_ip[3]))
         else:
             nas = ip.encode()
         if b"\0" in nas or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
@@ -426,12 +434,13 @@ cdef class AccountingLane(WriteAnswer):
             card_raw = self.txn.get(PyBytes_FromStringAndSize(<const char*>key, 8), None, self.cards_db)
             if card_raw is None:
                 return None
-            fallback = "%s\0auth:%d-%09d:%s" % (nas.decode(), series_no, serial,
-                                                 PyBytes_FromStringAndSize(<const char*>a.called.p,
-                                                                           a.called.n).decode())
-            fallback_key = fallback.encode()
-            if PyBytes_GET_SIZE(fallback_key) > MAX_KEY:
+            # The key of an authorization filed without a call id (prepaid.fallback_call_id).
+            number[0] = 0  # the NUL between NAS and call id
+            number_n = 1 + snprintf(number + 1, 31, "auth:%u-%09u:", series_no, serial)
+            if PyBytes_GET_SIZE(nas) + number_n + a.called.n > MAX_KEY:
                 return None
+            fallback_key = nas + PyBytes_FromStringAndSize(number, number_n) + \
+                PyBytes_FromStringAndSize(<const char*>a.called.p, a.called.n)
             if self.txn.get(fallback_key, None, self.sessions_db) is not None:
                 return None  # an authorization filed without a call id: the reference adopts it
             rate = self._rate(series_no, c, a.called)
@@ -535,7 +544,7 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         if cdr is not None:
-            self.txn.put(st.next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, db=self.cdrs_db)
+            self.txn.put(self._next_cdr_key(ckey, stop_time), cdr, db=self.cdrs_db)
         self._put_session(skey, session_raw, &s)
         self.txn.put(ckey, card, db=self.cards_db)
         return self._reply(pkt, c.secret)
@@ -554,6 +563,32 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         self.txn.put(PyBytes_FromStringAndSize(<const char*>key, 8), card, db=self.cards_db)
         return True
+
+    cdef bytes _next_cdr_key(self, bytes ckey, int64_t stop_time):
+        """radcore.store.next_cdr_key: card key + u64 BE stop time + the next u32 BE sequence number."""
+        cdef uint8_t tail[12]
+        cdef uint64_t t = <uint64_t>stop_time
+        cdef int i
+        for i in range(8):
+            tail[7 - i] = <uint8_t>(t & 0xFF)
+            t >>= 8
+        tail[8] = tail[9] = tail[10] = tail[11] = 0xFF
+        cdef bytes last = ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
+        cursor = self.cdr_cursor
+        if cursor.set_range(last):
+            if cursor.key() == last:
+                raise StoreError("more than 2**32 CDRs for one card in one second")
+            found = cursor.prev()
+        else:
+            found = cursor.last()
+        cdef bytes key = cursor.key() if found else b""
+        cdef const uint8_t* k = <const uint8_t*>PyBytes_AS_STRING(key)
+        cdef uint32_t seq = 0
+        if PyBytes_GET_SIZE(key) == 20 and _equal(k, <const uint8_t*>PyBytes_AS_STRING(last), 16):
+            seq = _be32(k + 16) + 1
+        tail[8] = <uint8_t>(seq >> 24); tail[9] = <uint8_t>(seq >> 16)
+        tail[10] = <uint8_t>(seq >> 8); tail[11] = <uint8_t>seq
+        return ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
 
     cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
         """radcore.store.put_session: the session and its entry in the deadline index."""

@@ -246,6 +246,13 @@ def test_the_lane_leaves_what_the_reference_logs_or_treats_specially(world, tmp_
     assert lane.answered == 0
     assert dump(pair.fast) == dump(pair.ref)  # declining wrote nothing
 
+    # An authorization that carried no call id is filed by card and number; its Start is adopted.
+    pair.access(access_request(world, 45, 2, "442079460000", ""))
+    start = accounting(world.number(45, 2), d.AcctStatus.START, conf_id="ADOPT", called="442079460000")
+    assert lane.settle(start, cisco, SOURCE_IP) is None
+    pair.account(start)
+    pair.check()
+
     # A report after the Stop that bills no more is the lane's; a longer one amends the CDR, which
     # is the reference's job (UK: 60 s minimum, then 6 s steps, so 70 and 71 s both bill 72 s).
     common = dict(conf_id="LATE", called="442079460000")
