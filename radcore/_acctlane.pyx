@@ -23,41 +23,26 @@ leave the same bytes in the store and send the same replies, over generated call
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from radcore._fastpath cimport _equal, _packet_md5
 from radcore._lane cimport WriteAnswer
 
 include "_records.pxi"
+include "_sessions.pxi"
 
 from radcore.errors import StoreError
-
-cdef extern from *:
-    ctypedef long long int128 "__int128"
 
 cdef enum:
     HEADER = 20
     MAX_PACKET = 4096
     MAX_KEY = 511               # LMDB's key size limit (radcore.records.MAX_KEY_SIZE)
-    STRINGS = 5                 # prefix, called, acct_session_id, conf_id, nas
-    S_PREFIX = 0
-    S_CALLED = 1
-    S_SESSION_ID = 2
-    S_CONF_ID = 3
-    S_NAS = 4
     START = 1
     STOP = 2
     INTERIM = 3
-    PPM = 1000000
 
 cdef const uint8_t* _ZEROS = <const uint8_t*>b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
 cdef const uint8_t* _CONF_NAME = <const uint8_t*>b"h323-conf-id="
-cdef int64_t INT64_MAX = 0x7FFFFFFFFFFFFFFF
-
-
-cdef struct Span:
-    const uint8_t* p
-    Py_ssize_t n
 
 
 # The fields of an Accounting-Request the settlement reads (radcore.packet.Request's).
@@ -72,28 +57,6 @@ cdef struct Acct:
     int64_t session_time        # -1: absent
     uint32_t delay_time
     uint32_t terminate_cause
-
-
-# A session's fixed part (radcore.records.SESSION_FORMAT) and its strings.
-cdef struct Sess:
-    uint8_t card_key[8]
-    int64_t reserved, charged, opened_at, deadline, price_per_minute, connection_fee
-    uint32_t last_session_time, min_volume, interval, grace, tax_ppm
-    uint8_t state
-    Span s[STRINGS]
-
-
-cdef inline bint _ascii(Span s) noexcept nogil:
-    """The reference decodes text as UTF-8 with replacement; plain ASCII decodes the same either way."""
-    cdef Py_ssize_t i
-    for i in range(s.n):
-        if s.p[i] >= 0x80:
-            return False
-    return True
-
-
-cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
@@ -167,125 +130,13 @@ cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
             and _ascii(a.conf_id))
 
 
-cdef bint _unpack_session(bytes raw, Sess* s) noexcept:
-    """radcore.records.Session.unpack over the bytes LMDB returned; False if it would not decode."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), pos = SESSION_SIZE, ln
-    cdef int j
-    if n < SESSION_SIZE:
-        return False
-    memcpy(s.card_key, p, 8)
-    s.reserved = _le64(p + 8)
-    s.charged = _le64(p + 16)
-    s.opened_at = _le64(p + 24)
-    s.deadline = _le64(p + 32)
-    s.price_per_minute = _le64(p + 40)
-    s.connection_fee = _le64(p + 48)
-    s.last_session_time = _le32(p + 56)
-    s.min_volume = _le32(p + 60)
-    s.interval = _le32(p + 64)
-    s.grace = _le32(p + 68)
-    s.tax_ppm = _le32(p + 72)
-    s.state = p[76]
-    if s.state > SESSION_STOPPED:
-        return False
-    for j in range(STRINGS):
-        if pos + 2 > n:
-            return False
-        ln = p[pos] | (<Py_ssize_t>p[pos + 1] << 8)
-        pos += 2
-        if pos + ln > n:
-            return False
-        s.s[j].p = p + pos
-        s.s[j].n = ln
-        if not _ascii(s.s[j]):
-            return False
-        pos += ln
-    return True
-
-
-cdef bytes _pack_session(Sess* s):
-    cdef Py_ssize_t n = SESSION_SIZE, j
-    for j in range(STRINGS):
-        n += 2 + s.s[j].n
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
-    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
-    memcpy(p, s.card_key, 8)
-    _put_le64(p + 8, s.reserved)
-    _put_le64(p + 16, s.charged)
-    _put_le64(p + 24, s.opened_at)
-    _put_le64(p + 32, s.deadline)
-    _put_le64(p + 40, s.price_per_minute)
-    _put_le64(p + 48, s.connection_fee)
-    _put_le32(p + 56, s.last_session_time)
-    _put_le32(p + 60, s.min_volume)
-    _put_le32(p + 64, s.interval)
-    _put_le32(p + 68, s.grace)
-    _put_le32(p + 72, s.tax_ppm)
-    p[76] = s.state
-    p[77] = p[78] = p[79] = 0
-    cdef Py_ssize_t pos = SESSION_SIZE
-    for j in range(STRINGS):
-        pos = _put_string(p, pos, s.s[j])
-    return out
-
-
-cdef inline Py_ssize_t _put_string(uint8_t* p, Py_ssize_t pos, Span s) noexcept nogil:
-    p[pos] = <uint8_t>(s.n & 0xFF)
-    p[pos + 1] = <uint8_t>(s.n >> 8)
-    if s.n:
-        memcpy(p + pos + 2, s.p, s.n)
-    return pos + 2 + s.n
-
-
-cdef bytes _pack_cdr(Sess* s, int64_t stop_time, int64_t billed, uint32_t cause):
-    """radcore.records.Cdr.pack: "<3q3I4x" then nas, acct_session_id, conf_id, called, prefix."""
-    cdef Py_ssize_t n = 40 + 10 + s.s[S_NAS].n + s.s[S_SESSION_ID].n + s.s[S_CONF_ID].n \
-        + s.s[S_CALLED].n + s.s[S_PREFIX].n
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
-    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
-    _put_le64(p, stop_time - s.last_session_time)
-    _put_le64(p + 8, stop_time)
-    _put_le64(p + 16, s.charged)
-    _put_le32(p + 24, s.last_session_time)
-    _put_le32(p + 28, <uint32_t>billed)
-    _put_le32(p + 32, cause)
-    p[36] = p[37] = p[38] = p[39] = 0
-    cdef Py_ssize_t pos = 40
-    pos = _put_string(p, pos, s.s[S_NAS])
-    pos = _put_string(p, pos, s.s[S_SESSION_ID])
-    pos = _put_string(p, pos, s.s[S_CONF_ID])
-    pos = _put_string(p, pos, s.s[S_CALLED])
-    _put_string(p, pos, s.s[S_PREFIX])
-    return out
-
-
-# --- rating: radcore.rating.billed_seconds and cost, in 128-bit integers ---------------------------
-
-cdef inline int128 _ceil_div(int128 a, int128 b) noexcept nogil:
-    return (a + b - 1) // b  # a >= 0, b > 0 here
-
-
-cdef inline int128 _billed(Sess* s, int128 duration) noexcept nogil:
-    if duration <= s.grace:
-        return 0
-    if duration <= s.min_volume:
-        return s.min_volume
-    return s.min_volume + _ceil_div(duration - s.min_volume, s.interval) * s.interval
-
-
-cdef inline int128 _cost(Sess* s, int128 duration) noexcept nogil:
-    if duration <= s.grace:
-        return 0
-    cdef int128 base = s.connection_fee + _ceil_div(_billed(s, duration) * s.price_per_minute, 60)
-    return base + _ceil_div(base * s.tax_ppm, PPM)
-
-
 cdef class _Client:
     """What the lane needs of one radcore.config.Client."""
     cdef object client              # kept alive: the lane's cache is keyed by id(client)
     cdef bytes secret
     cdef bint eligible              # PIN-only profiles identify the card by PIN: not this lane
+    cdef bint require_ma            # an Access-Request without a Message-Authenticator is dropped
+    cdef bint plain_number          # the dialled number is Called-Station-Id (no redirect-number profile)
 
 
 cdef class AccountingLane(WriteAnswer):
@@ -372,6 +223,8 @@ cdef class AccountingLane(WriteAnswer):
         c.client = client
         c.secret = bytes(client.secret)
         c.eligible = not client.profile.pin_only
+        c.require_ma = bool(client.require_message_authenticator)
+        c.plain_number = client.profile.number_attribute != "h323-redirect-number"
         if len(self.clients) > 4096:
             self.clients.clear()
         self.clients[id(client)] = c
@@ -400,18 +253,11 @@ cdef class AccountingLane(WriteAnswer):
 
         # The session key: NAS identity (NAS-Identifier, else NAS-IP-Address, else the source) + NUL + call id.
         cdef bytes nas
-        cdef char quad[16]
         cdef char number[32]
         cdef int number_n
         cdef Py_ssize_t i
-        if a.nas_identifier.n:
-            nas = PyBytes_FromStringAndSize(<const char*>a.nas_identifier.p, a.nas_identifier.n)
-        elif a.nas_ip != NULL:
-            nas = PyBytes_FromStringAndSize(quad, snprintf(quad, 16, "%u.%u.%u.%u", a.nas_ip[0],
-                                                           a.nas_ip[1], a.nas_ip[2], a.nas_ip[3]))
-        else:
-            nas = ip.encode()
-        if b"\0" in nas or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
+        nas = self._nas(a.nas_identifier, a.nas_ip, ip)
+        if nas is None or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
             return None
         cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
 
@@ -451,12 +297,7 @@ cdef class AccountingLane(WriteAnswer):
             s.opened_at = self.now
             s.deadline = self.now + self.call_seconds
             s.last_session_time = 0
-            s.price_per_minute = rate[0]
-            s.connection_fee = rate[1]
-            s.min_volume = rate[2]
-            s.interval = rate[3]
-            s.grace = rate[4]
-            s.tax_ppm = rate[5]
+            _rate_into(&s, rate)
             fresh = rate[6]  # prefix + called digits, the strings' storage
             s.s[S_PREFIX].p = <const uint8_t*>PyBytes_AS_STRING(fresh)
             s.s[S_PREFIX].n = <Py_ssize_t>rate[7]
@@ -467,11 +308,11 @@ cdef class AccountingLane(WriteAnswer):
             s.s[S_NAS].p = <const uint8_t*>PyBytes_AS_STRING(nas)
             s.s[S_NAS].n = PyBytes_GET_SIZE(nas)
 
+        if s.state != SESSION_STOPPED and s.s[S_SESSION_ID].n == 0:
+            s.s[S_SESSION_ID] = a.session_id  # the first accounting packet binds Acct-Session-Id
         if a.status == START:
             if s.state == SESSION_AUTHORIZED:
                 s.state = SESSION_STARTED
-            if s.s[S_SESSION_ID].n == 0:
-                s.s[S_SESSION_ID] = a.session_id
             if fresh is not None and not self._open_call(card_raw, key):
                 return None
             self._put_session(skey, session_raw, &s)
@@ -549,6 +390,20 @@ cdef class AccountingLane(WriteAnswer):
         self.txn.put(ckey, card, db=self.cards_db)
         return self._reply(pkt, c.secret)
 
+    cdef bytes _nas(self, Span nas_identifier, const uint8_t* nas_ip, object ip):
+        """prepaid.nas_identity: NAS-Identifier, else NAS-IP-Address, else the source address; None
+        where it holds a NUL (the reference refuses such a session key)."""
+        cdef char quad[16]
+        cdef bytes nas
+        if nas_identifier.n:
+            nas = PyBytes_FromStringAndSize(<const char*>nas_identifier.p, nas_identifier.n)
+        elif nas_ip != NULL:
+            nas = PyBytes_FromStringAndSize(quad, snprintf(quad, 16, "%u.%u.%u.%u", nas_ip[0], nas_ip[1],
+                                                           nas_ip[2], nas_ip[3]))
+        else:
+            nas = ip.encode()
+        return None if b"\0" in nas else nas
+
     cdef bint _open_call(self, bytes card_raw, uint8_t* key) except -1:
         """One more call holds the card (the reference's open_calls += 1 for a call it rated)."""
         if PyBytes_GET_SIZE(card_raw) < CARD_SIZE or (<const uint8_t*>PyBytes_AS_STRING(card_raw))[OFF_STATUS] > STATUS_BLOCKED:
@@ -610,15 +465,9 @@ cdef class AccountingLane(WriteAnswer):
             return self.rated[memo]
         except KeyError:
             pass
-        found = None
         rate, tax_ppm, digits = self.settlement.rate_unannounced(self.txn, series_no, c.client,
                                                                  number.decode(), self.now)
-        if rate is not None and rate.min_volume >= 0 and rate.grace >= 0 and rate.interval > 0 \
-                and 0 <= tax_ppm <= 0xFFFFFFFF and rate.min_volume <= 0xFFFFFFFF \
-                and rate.interval <= 0xFFFFFFFF and rate.grace <= 0xFFFFFFFF:
-            prefix = rate.prefix.encode()
-            found = (rate.price_per_minute, rate.connection_fee, rate.min_volume, rate.interval,
-                     rate.grace, tax_ppm, prefix + digits.encode(), len(prefix))
+        found = _rate_tuple(rate, tax_ppm, digits)
         if len(self.rated) > 65536:
             self.rated.clear()
         self.rated[memo] = found
@@ -639,12 +488,4 @@ cdef class AccountingLane(WriteAnswer):
         return PyBytes_FromStringAndSize(<const char*>out, HEADER)
 
 
-cdef bytes _deadline_key(int64_t deadline, bytes skey):
-    """radcore.store._deadline_key: u64 BE max(deadline, 0) + session key."""
-    cdef uint8_t head[8]
-    cdef uint64_t v = <uint64_t>(deadline if deadline > 0 else 0)
-    cdef int i
-    for i in range(8):
-        head[7 - i] = <uint8_t>(v & 0xFF)
-        v >>= 8
-    return PyBytes_FromStringAndSize(<const char*>head, 8) + skey
+include "_reserve.pxi"

@@ -23,6 +23,8 @@ cdef class WriteAnswer:
     # `inert` says whether the request could change nothing there (a bad authenticator: dropped),
     # so later requests may still be answered here without reordering anything that matters.
     cdef object account(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip)
+    # The same for an Access-Request the read lane (FastAnswer) declined: a number authorization.
+    cdef object authorize(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip)
     cdef bint inert
     # Durable commit (fsync) of everything `account` wrote; `abort` forgets it.
     cdef int commit(self) except -1

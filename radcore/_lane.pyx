@@ -71,6 +71,10 @@ cdef class WriteAnswer:
         self.inert = False
         return None
 
+    cdef object authorize(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip):
+        self.inert = False
+        return None
+
     cdef int commit(self) except -1:
         return 0
 
@@ -94,7 +98,7 @@ cdef class Lane:
     cdef int* rx_sock               # socket index of each received datagram
     cdef readonly int received
     cdef uint8_t* fate              # per datagram of the batch: who answers it (see serve)
-    cdef readonly int accounted     # Accounting-Requests the last serve answered in C
+    cdef readonly int accounted     # of the last serve's answers, how many were Accounting-Requests
     # send side: one queue of up to 2 * cap replies (a batch's answers plus cache resends)
     cdef int tx_cap
     cdef int tx_len
@@ -263,7 +267,7 @@ cdef class Lane:
                     continue
                 k = self.rx_sock[i]
                 kind = self.kinds[k]
-                if not ((enabled and kind == AUTH and pkt[0] == 1)
+                if not (((enabled or writing) and kind == AUTH and pkt[0] == 1)
                         or (writing and kind == ACCT and pkt[0] == 4)):
                     continue
                 addr = self._address(i)
@@ -278,7 +282,7 @@ cdef class Lane:
                 # Identifier, and its reply replaces the entry.
                 if entry is not None and entry[0] == auth:
                     continue
-                if kind == AUTH:
+                if kind == AUTH and enabled:
                     wire = None
                     try:
                         if not began:
@@ -305,7 +309,11 @@ cdef class Lane:
                         answered += 1
                         if self.tx_len >= EARLY_SEND:
                             self._send_queued()  # don't hold answers back for a whole batch
+                        continue
+                if not writing:
                     continue
+                # Writes: accounting, and the Access-Requests the read lane declined (number
+                # authorizations among them).
                 if key in held_keys:
                     writing = False  # the same Identifier twice in one batch: keep it simple
                     continue
@@ -314,7 +322,10 @@ cdef class Lane:
                     if not wbegan:
                         wbegan = True
                         write.begin()
-                    wire = write.account(pkt, n, client, addr[0])
+                    if kind == ACCT:
+                        wire = write.account(pkt, n, client, addr[0])
+                    else:
+                        wire = write.authorize(pkt, n, client, addr[0])
                 except Exception as exc:
                     writing = False
                     self._drop_held(held, fate)
@@ -349,8 +360,10 @@ cdef class Lane:
                     expires = cache.clock() + seconds
                 entries.pop(key, None)
                 entries[key] = (auth, wire, expires)
-        self.accounted = len(held)
-        answered += self.accounted
+        for item in held:
+            if self.kinds[self.rx_sock[<int>item[0]]] == ACCT:
+                self.accounted += 1
+        answered += len(held)
         if expires is not None:
             cache.expire()
         for i in range(self.received):

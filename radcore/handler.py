@@ -66,9 +66,10 @@ class PrepaidHandler:
         #: The C lane that answers plain card authentications inside the worker's loop (see
         #: `radcore._cardauth`); None where the extensions are not built.
         self.fast_answer = _card_auth_lane(self.store, self.keyring, self.lookups, self.clock)
-        #: The C lane that settles ordinary accounting in the worker's loop, in its own durable
-        #: commit per batch (see `radcore._acctlane`); None where the extensions are not built.
-        self.fast_account = _accounting_lane(self.store, self.settlement, self.lookups, self.clock)
+        #: The C lane that settles ordinary accounting and reserves ordinary number authorizations
+        #: in the worker's loop, in its own durable commit per batch (see `radcore._acctlane`);
+        #: None where the extensions are not built.
+        self.fast_write = _write_lane(self.store, self.settlement, self.lookups, self.clock)
         self.failed_commits = 0
         self.poisoned = 0
         self._next_sweep = 0
@@ -199,12 +200,12 @@ def _card_auth_lane(store: Store, keyring: KeyRing, lookups: Lookups, clock: Clo
     return CardAuthLane(store, keyring, lookups, clock)
 
 
-def _accounting_lane(store: Store, settlement: Settlement, lookups: Lookups, clock: Clock):
+def _write_lane(store: Store, settlement: Settlement, lookups: Lookups, clock: Clock):
     if fastpath.load_lane() is None:
         return None
-    from ._acctlane import AccountingLane
+    from ._acctlane import WriteLane
 
-    return AccountingLane(store, settlement, lookups, clock)
+    return WriteLane(store, settlement, lookups, clock)
 
 
 def make_handler(config: Config) -> PrepaidHandler:

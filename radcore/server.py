@@ -191,7 +191,7 @@ class Worker:
         lane = fastpath.load_lane()
         self.lane = lane.Lane(list(self.socks), config.server.batch_max) if lane is not None else None
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
-        self.fast_write = getattr(handler, "fast_account", None) if self.lane is not None else None
+        self.fast_write = getattr(handler, "fast_write", None) if self.lane is not None else None
         if self.lane is not None:
             self.lane.on_recv_error = self._on_recv_error
             self.lane.on_lane_error = self._on_lane_error

@@ -85,10 +85,14 @@ class Settlement:
             self.orphans += 1
             log.warning("accounting for unknown card %r from %s", req.user_name, nas)
             return
+        if session.state != SessionState.STOPPED and not session.acct_session_id:
+            # The first accounting packet binds the NAS's Acct-Session-Id to the call, so its CDR
+            # carries it. A stopped call keeps the identity its CDR was written with (a late Start
+            # must not change it, or a later amendment could no longer find that CDR).
+            session.acct_session_id = req.session_id
         if status == d.AcctStatus.START:
             if session.state == SessionState.AUTHORIZED:
                 session.state = SessionState.STARTED
-            session.acct_session_id = session.acct_session_id or req.session_id
             st.put_session(txn, self.store, skey, session)
             return
         card_raw = txn.get(session.card_key, db=self.store.cards)
