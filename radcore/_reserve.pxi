@@ -13,6 +13,7 @@ from radcore._fastpath cimport _packet_hmac, _unhide
 
 include "_sha256.pxi"
 
+from radcore import dictionary as d
 from radcore import replies
 from radcore.fastpath import encode_attributes
 from radcore.records import SeriesStatus
@@ -20,6 +21,101 @@ from radcore.records import SeriesStatus
 cdef enum:
     MA_VALUE = 22               # where a reply's Message-Authenticator value starts (first attribute)
     REPLY_ATTRS = 38            # where its other attributes start
+    # What a piece of a reply plan (see `_reply_plan`) holds
+    FIXED = 0                   # attribute bytes as they are
+    AMOUNT = 1                  # h323-credit-amount: the VSA header, then prefix + amount
+    CREDIT_TIME = 2             # h323-credit-time: the VSA header, then prefix + seconds
+    SESSION_TIMEOUT = 3         # Session-Timeout (27): seconds as a 32-bit integer
+
+
+def _reply_plan(profile, currency, language, route):
+    """`radcore.replies.accept` for one profile and series as (kind, bytes) pieces around the values
+    that change per call. The pieces come from `accept` itself: it is run twice with different
+    amounts and times, and the attributes that differ are the ones written per call."""
+    one = replies.accept(profile, available=10_000, currency=currency, credit_time=1, language=language,
+                         route=route)
+    two = replies.accept(profile, available=20_000, currency=currency, credit_time=2, language=language,
+                         route=route)
+    plan = []
+    for (key, value), (_, other) in zip(one, two, strict=True):
+        if value == other:
+            fixed = encode_attributes([(key, value)])
+            if plan and plan[len(plan) - 1][0] == FIXED:  # (no negative indexes: wraparound=False)
+                plan[len(plan) - 1] = (FIXED, plan[len(plan) - 1][1] + fixed)
+            else:
+                plan.append((FIXED, fixed))
+        elif key == d.SESSION_TIMEOUT and value == (1).to_bytes(4, "big"):
+            plan.append((SESSION_TIMEOUT, b""))
+        elif key == d.vsa_key(profile.vendor, d.H323_CREDIT_AMOUNT) and value.endswith(b"0.01"):
+            plan.append((AMOUNT, value[:len(value) - 4]))
+        elif key == d.vsa_key(profile.vendor, d.H323_CREDIT_TIME) and value.endswith(b"1"):
+            plan.append((CREDIT_TIME, value[:len(value) - 1]))
+        else:
+            raise AssertionError(f"radcore.replies.accept varies attribute {key} in a way the lane cannot write")
+    return tuple(plan)
+
+
+cdef Py_ssize_t _decimal(uint8_t* out, uint64_t v) noexcept nogil:
+    cdef uint8_t rev[24]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        rev[n] = <uint8_t>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = rev[n - 1 - i]
+    return n
+
+
+cdef Py_ssize_t _vsa_text(uint8_t* p, uint32_t vendor, uint8_t vtype, bytes prefix, const uint8_t* text,
+                          Py_ssize_t text_n):
+    """One h323 VSA: Vendor-Specific header, vendor, vendor type, then prefix + text."""
+    cdef Py_ssize_t value_n = PyBytes_GET_SIZE(prefix) + text_n
+    p[0] = 26
+    p[1] = <uint8_t>(value_n + 8)
+    p[2] = <uint8_t>(vendor >> 24); p[3] = <uint8_t>(vendor >> 16); p[4] = <uint8_t>(vendor >> 8)
+    p[5] = <uint8_t>vendor
+    p[6] = vtype
+    p[7] = <uint8_t>(value_n + 2)
+    memcpy(p + 8, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+    memcpy(p + 8 + PyBytes_GET_SIZE(prefix), text, text_n)
+    return value_n + 8
+
+
+cdef bytes _write_plan(tuple plan, uint32_t vendor, int64_t available, int64_t seconds):
+    """The attributes of `plan` with this call's amount and seconds (`replies.format_amount` of a
+    positive amount: units, ".", two digits, rounded down)."""
+    cdef uint8_t out[MAX_PACKET]
+    cdef uint8_t text[32]
+    cdef Py_ssize_t pos = 0, n
+    cdef int64_t cents = available // 10000
+    cdef uint64_t timeout = <uint64_t>seconds if seconds <= 0xFFFFFFFF else 0xFFFFFFFF
+    cdef int kind
+    cdef bytes piece
+    for kind, piece in plan:
+        if pos + PyBytes_GET_SIZE(piece) + 40 > MAX_PACKET - REPLY_ATTRS:
+            return None
+        if kind == FIXED:
+            memcpy(out + pos, PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece))
+            pos += PyBytes_GET_SIZE(piece)
+        elif kind == AMOUNT:
+            n = _decimal(text, <uint64_t>(cents // 100))
+            text[n] = 46  # "."
+            text[n + 1] = <uint8_t>(48 + (cents % 100) // 10)
+            text[n + 2] = <uint8_t>(48 + cents % 10)
+            pos += _vsa_text(out + pos, vendor, 101, piece, text, n + 3)
+        elif kind == CREDIT_TIME:
+            n = _decimal(text, <uint64_t>seconds)
+            pos += _vsa_text(out + pos, vendor, 102, piece, text, n)
+        else:
+            out[pos] = 27
+            out[pos + 1] = 6
+            out[pos + 2] = <uint8_t>(timeout >> 24); out[pos + 3] = <uint8_t>(timeout >> 16)
+            out[pos + 4] = <uint8_t>(timeout >> 8); out[pos + 5] = <uint8_t>timeout
+            pos += 6
+    return PyBytes_FromStringAndSize(<const char*>out, pos)
 
 
 # The fields of an Access-Request a number authorization reads (radcore.packet.Request's).
@@ -101,6 +197,7 @@ cdef class WriteLane(AccountingLane):
     cdef int64_t max_call           # max_call_seconds: the longest call granted
     cdef int64_t hold_grace         # reservation_grace_seconds
     cdef dict series                # series number -> (currency, language, max calls, route) or None
+    cdef dict plans                 # (_Client, series number) -> reply plan (see _reply_plan)
 
     def __init__(self, store, settlement, lookups, clock):
         AccountingLane.__init__(self, store, settlement, lookups, clock)
@@ -109,12 +206,14 @@ cdef class WriteLane(AccountingLane):
         self.max_call = settlement.config.max_call_seconds
         self.hold_grace = settlement.config.reservation_grace_seconds
         self.series = {}
+        self.plans = {}
 
     cdef int begin(self) except -1:
         cdef long long version = self.version
         AccountingLane.begin(self)
         if self.version != version:
             self.series.clear()
+            self.plans.clear()
         return 0
 
     def reserve(self, data, client, ip):
@@ -242,11 +341,17 @@ cdef class WriteLane(AccountingLane):
         s.s[S_NAS].p = <const uint8_t*>PyBytes_AS_STRING(nas)
         s.s[S_NAS].n = PyBytes_GET_SIZE(nas)
 
-        attrs = encode_attributes(replies.accept(
-            c.client.profile, available=available, currency=series[0], credit_time=seconds,
-            language=series[1], route=series[3]))
-        if REPLY_ATTRS + PyBytes_GET_SIZE(attrs) > MAX_PACKET:
-            return None
+        memo = (c, series_no)
+        plan = self.plans.get(memo)
+        if plan is None:
+            profile = c.client.profile
+            plan = _reply_plan(profile, series[0], series[1], series[3])
+            if len(self.plans) > 65536:
+                self.plans.clear()
+            self.plans[memo] = plan
+        attrs = _write_plan(plan, c.client.profile.vendor, available, seconds)
+        if attrs is None:
+            return None  # an operator's very long language tag or route: let the reference refuse it
 
         cdef bytes card = PyBytes_FromStringAndSize(<const char*>cr, PyBytes_GET_SIZE(card_raw))
         cdef uint8_t* cp = <uint8_t*>PyBytes_AS_STRING(card)

@@ -24,7 +24,7 @@ from radcore import dictionary as d
 from radcore import fastpath, packet, rating
 from radcore.errors import PacketError
 from radcore.handler import PrepaidHandler
-from radcore.records import CardStatus
+from radcore.records import CardStatus, RoutingPlan
 from radcore.server import NoReply
 from radcore.store import Store, card_key, iter_card_cdrs
 
@@ -130,13 +130,28 @@ def world(tmp_path):
 name = "edge"
 network = "127.0.0.9"
 secret = "{secret}"
-profile = "cisco"
+profile = "cisco-routed"
+
+[profiles.cisco-routed]
+base = "cisco"
+routing_avpair = "route={{route}}"
+send_credit_time = false
+
+[[clients]]
+name = "plain"
+network = "127.0.0.8"
+secret = "{secret}"
+profile = "generic"
 """.format(secret=SECRET.decode()))
+    with w.store.begin(write=True) as txn:
+        txn.put(b"premium", RoutingPlan(name="premium", route="0099#").to_bytes(), db=w.store.routing_plans)
     w.add_series(45, quantity=6, initial_status=CardStatus.ACTIVATED, face_balance=5_000_000,
                  max_concurrent_calls=40)
     w.add_series(46, quantity=4, initial_status=CardStatus.ACTIVATED, face_balance=50_000_000,
                  tax_profile="vat20", max_concurrent_calls=40)
     w.add_series(48, quantity=2, initial_status=CardStatus.ACTIVATED, face_balance=900_000)
+    w.add_series(49, quantity=2, initial_status=CardStatus.ACTIVATED, face_balance=3_000_000_000,
+                 language="es", routing_plan="premium", max_concurrent_calls=50)
     w.add_series(47, quantity=2, initial_status=CardStatus.PENDING, face_balance=2_000_000)
     return w
 
@@ -150,6 +165,7 @@ def access_request(world: World, series: int, serial: int, called: str, conf_id:
                                         password=world.pins[series][serial].encode())
 
 
+CLIENTS = ("cisco-gw", "tenor", "edge", "plain")  # Cisco, Quintum, routed without credit time, no VSAs
 NUMBERS = ("442079460000", "447700900123", "+12125550100", "+12125550100", "0012125550199", "4420", "999123",
            "*86", "")
 
@@ -206,17 +222,19 @@ def test_number_authorizations_reserve_exactly_as_the_reference(world, tmp_path)
     the money runs out: the same Accepts and Rejects, holds, sessions and credit times."""
     rng = random.Random(7)
     pair = Pair(world, tmp_path)
-    cards = [(45, i) for i in range(6)] + [(46, i) for i in range(4)] + [(47, 1), (48, 0), (48, 1)]
+    cards = [(45, i) for i in range(6)] + [(46, i) for i in range(4)] + [(47, 1), (48, 0), (48, 1), (49, 0)]
     for round_ in range(6):
         for series, serial in cards:
             for k, number in enumerate(NUMBERS):
                 conf = f"R{round_:02d} {series}-{serial} {k}"
-                wire = pair.access(access_request(world, series, serial, number, conf))
+                client = CLIENTS[(k + round_) % len(CLIENTS)]
+                wire = pair.access(access_request(world, series, serial, number, conf), client)
                 if rng.random() < 0.3:  # a second call while this one holds the card
-                    pair.access(access_request(world, series, serial, rng.choice(NUMBERS), conf + " b"))
+                    pair.access(access_request(world, series, serial, rng.choice(NUMBERS), conf + " b"), client)
                 if wire is not None and wire[0] == d.Code.ACCESS_ACCEPT:
                     pair.account(accounting(world.number(series, serial), d.AcctStatus.STOP, conf_id=conf,
-                                            session_id=f"s-{conf}", session_time=rng.choice([0, 9, 61, 300])))
+                                            session_id=f"s-{conf}", session_time=rng.choice([0, 9, 61, 300])),
+                                 client)
         pair.tick(30)
     pair.check()
     assert pair.reserved >= 150, pair.reserved
