@@ -149,6 +149,7 @@ cdef class AccountingLane(WriteAnswer):
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
     cdef object txn
     cdef object cdr_cursor          # over `cdrs` in txn: finds the next free CDR sequence number
+    cdef object _get, _put, _delete # txn's methods, called with positional arguments (no keyword parsing)
     cdef int64_t now
     cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
     cdef int64_t retention          # session_retention_seconds
@@ -181,6 +182,7 @@ cdef class AccountingLane(WriteAnswer):
         self.now = self.clock()
         self.txn = self.store.begin(write=True)
         self.cdr_cursor = self.txn.cursor(db=self.cdrs_db)
+        self._get, self._put, self._delete = self.txn.get, self.txn.put, self.txn.delete
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version or self.now != self.rated_at:
             if self.lookups.version != self.version:
@@ -192,13 +194,13 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef int commit(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = None
+        self.cdr_cursor = self._get = self._put = self._delete = None
         txn.commit()
         return 0
 
     cdef int abort(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = None
+        self.cdr_cursor = self._get = self._put = self._delete = None
         if txn is not None:
             txn.abort()
         return 0
@@ -262,7 +264,7 @@ cdef class AccountingLane(WriteAnswer):
         cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
 
         cdef Sess s
-        cdef bytes session_raw = self.txn.get(skey, None, self.sessions_db)
+        cdef bytes session_raw = self._get(skey, None, self.sessions_db)
         cdef bytes card_raw
         cdef bytes fresh = None
         cdef object rate
@@ -277,7 +279,7 @@ cdef class AccountingLane(WriteAnswer):
                 return None
             _card_key(key, series_no, serial)
             memcpy(s.card_key, key, 8)
-            card_raw = self.txn.get(PyBytes_FromStringAndSize(<const char*>key, 8), None, self.cards_db)
+            card_raw = self._get(PyBytes_FromStringAndSize(<const char*>key, 8), None, self.cards_db)
             if card_raw is None:
                 return None
             # The key of an authorization filed without a call id (prepaid.fallback_call_id).
@@ -287,7 +289,7 @@ cdef class AccountingLane(WriteAnswer):
                 return None
             fallback_key = nas + PyBytes_FromStringAndSize(number, number_n) + \
                 PyBytes_FromStringAndSize(<const char*>a.called.p, a.called.n)
-            if self.txn.get(fallback_key, None, self.sessions_db) is not None:
+            if self._get(fallback_key, None, self.sessions_db) is not None:
                 return None  # an authorization filed without a call id: the reference adopts it
             rate = self._rate(series_no, c, a.called)
             if rate is None:
@@ -321,7 +323,7 @@ cdef class AccountingLane(WriteAnswer):
         # Interim-Update or Stop: settle on the card.
         cdef bytes ckey = PyBytes_FromStringAndSize(<const char*>s.card_key, 8)
         if fresh is None:
-            card_raw = self.txn.get(ckey, None, self.cards_db)
+            card_raw = self._get(ckey, None, self.cards_db)
             if card_raw is None:
                 return None
         if PyBytes_GET_SIZE(card_raw) < CARD_SIZE or (<const uint8_t*>PyBytes_AS_STRING(card_raw))[OFF_STATUS] > STATUS_BLOCKED:
@@ -385,9 +387,9 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         if cdr is not None:
-            self.txn.put(self._next_cdr_key(ckey, stop_time), cdr, db=self.cdrs_db)
+            self._put(self._next_cdr_key(ckey, stop_time), cdr, True, True, False, self.cdrs_db)
         self._put_session(skey, session_raw, &s)
-        self.txn.put(ckey, card, db=self.cards_db)
+        self._put(ckey, card, True, True, False, self.cards_db)
         return self._reply(pkt, c.secret)
 
     cdef bytes _nas(self, Span nas_identifier, const uint8_t* nas_ip, object ip):
@@ -416,7 +418,7 @@ cdef class AccountingLane(WriteAnswer):
         open_calls += 1
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
-        self.txn.put(PyBytes_FromStringAndSize(<const char*>key, 8), card, db=self.cards_db)
+        self._put(PyBytes_FromStringAndSize(<const char*>key, 8), card, True, True, False, self.cards_db)
         return True
 
     cdef bytes _next_cdr_key(self, bytes ckey, int64_t stop_time):
@@ -448,12 +450,16 @@ cdef class AccountingLane(WriteAnswer):
     cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
         """radcore.store.put_session: the session and its entry in the deadline index."""
         cdef int64_t old_deadline
+        cdef bint indexed = False
         if old is not None:
             old_deadline = _le64(<const uint8_t*>PyBytes_AS_STRING(old) + 32)
             if old_deadline != s.deadline:
-                self.txn.delete(_deadline_key(old_deadline, skey), db=self.deadlines_db)
-        self.txn.put(skey, _pack_session(s), db=self.sessions_db)
-        self.txn.put(_deadline_key(s.deadline, skey), b"", db=self.deadlines_db)
+                self._delete(_deadline_key(old_deadline, skey), b"", self.deadlines_db)
+            else:
+                indexed = True  # put_session keeps the entry of a stored session's deadline
+        self._put(skey, _pack_session(s), True, True, False, self.sessions_db)
+        if not indexed:
+            self._put(_deadline_key(s.deadline, skey), b"", True, True, False, self.deadlines_db)
         return 0
 
     cdef object _rate(self, uint32_t series_no, _Client c, Span called):

@@ -280,7 +280,7 @@ cdef class WriteLane(AccountingLane):
         cdef uint8_t key[8]
         _card_key(key, series_no, serial)
         cdef bytes ckey = PyBytes_FromStringAndSize(<const char*>key, 8)
-        cdef bytes card_raw = self.txn.get(ckey, None, self.cards_db)
+        cdef bytes card_raw = self._get(ckey, None, self.cards_db)
         if card_raw is None or PyBytes_GET_SIZE(card_raw) < CARD_SIZE:
             return None
         cdef const uint8_t* cr = <const uint8_t*>PyBytes_AS_STRING(card_raw)
@@ -312,7 +312,7 @@ cdef class WriteLane(AccountingLane):
         if nas is None or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
             return None
         cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
-        if self.txn.get(skey, None, self.sessions_db) is not None:
+        if self._get(skey, None, self.sessions_db) is not None:
             return None
 
         # CardAuthenticator._reserve: the longest affordable call, and its cost held.
@@ -362,7 +362,7 @@ cdef class WriteLane(AccountingLane):
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         self._put_session(skey, None, &s)
-        self.txn.put(ckey, card, db=self.cards_db)
+        self._put(ckey, card, True, True, False, self.cards_db)
         self.answered += 1
         return _signed_accept(pkt, attrs, c.secret)
 
