@@ -495,6 +495,8 @@ def main(argv=None) -> int:
     parser.add_argument("--server-cpus", default=",".join(map(str, default_server)))
     parser.add_argument("--load-cpus", default=",".join(map(str, default_load)))
     parser.add_argument("--fr-threads", type=int, default=2, help="FreeRADIUS thread pool size")
+    parser.add_argument("--batch-max", type=int, default=1024,
+                        help="radcore's server.batch_max: datagrams per batch and durable commit")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "radcore-bench"),
                         help="provisioning cache and server directories")
     parser.add_argument("--out", default=str(RESULTS), help="where the JSON, Markdown and PNG go")
@@ -538,14 +540,17 @@ def main(argv=None) -> int:
     cards = loadgen.load_cards(manifest["cards_file"])
     servers = {}
     factories = {
-        "radcore": lambda: RadcoreServer(work, manifest, workers=1, cpus=args.server_cpus, label="radcore"),
-        "radcore-2w": lambda: RadcoreServer(work, manifest, workers=2, cpus=all_cpus, label="radcore-2w"),
+        "radcore": lambda: RadcoreServer(work, manifest, workers=1, cpus=args.server_cpus, label="radcore",
+                                         batch_max=args.batch_max),
+        "radcore-2w": lambda: RadcoreServer(work, manifest, workers=2, cpus=all_cpus, label="radcore-2w",
+                                            batch_max=args.batch_max),
         "freeradius": lambda: FreeRadiusServer(work, manifest, cpus=args.server_cpus, threads=args.fr_threads),
         "pyrad": lambda: PyradServer(work, manifest, cpus=args.server_cpus),
         "radcore-shm": lambda: RadcoreServer(work, manifest, workers=1, cpus=args.server_cpus,
-                                             label="radcore-shm", data_root=SHM),
+                                             label="radcore-shm", data_root=SHM, batch_max=args.batch_max),
         "radcore-shm-2w": lambda: RadcoreServer(work, manifest, workers=2, cpus=all_cpus,
-                                                label="radcore-shm-2w", data_root=SHM),
+                                                label="radcore-shm-2w", data_root=SHM,
+                                                batch_max=args.batch_max),
     }
     try:
         for name in args.servers:
@@ -647,6 +652,8 @@ def _notes(args, ncpu: int) -> list[str]:
         ("Benchmark series: 1,000,000.00 USD per card and 65535 concurrent calls, because number-auth "
          "authorizes calls that never start (their reservations stay until the sweeper expires them)."),
         f"FreeRADIUS thread pool: {args.fr_threads} threads (start = max), pinned like the other servers.",
+        (f"radcore: server.batch_max = {args.batch_max} (datagrams per batch, so per durable commit; the "
+         "shipped default is 256)."),
     ]
     if ncpu <= 2:
         notes.append("Only 2 CPUs: the server and the load generator each get one; the machine is shared "
