@@ -395,7 +395,10 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         if cdr is not None:
-            self._put(self._next_cdr_key(ckey, stop_time), cdr, True, True, False, self.cdrs_db)
+            # The first call of this card to stop in this second takes sequence number 0 (CDRs are
+            # never deleted, so a free 0 means no other); only a second one needs the cursor.
+            if not self._put(_cdr_key(ckey, stop_time, 0), cdr, True, False, False, self.cdrs_db):
+                self._put(self._next_cdr_key(ckey, stop_time), cdr, True, True, False, self.cdrs_db)
         self._put_session(skey, session_raw, &s)
         self._put(ckey, card, True, True, False, self.cards_db)
         return self._reply(pkt, c.secret)
@@ -434,14 +437,7 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef bytes _next_cdr_key(self, bytes ckey, int64_t stop_time):
         """radcore.store.next_cdr_key: card key + u64 BE stop time + the next u32 BE sequence number."""
-        cdef uint8_t tail[12]
-        cdef uint64_t t = <uint64_t>stop_time
-        cdef int i
-        for i in range(8):
-            tail[7 - i] = <uint8_t>(t & 0xFF)
-            t >>= 8
-        tail[8] = tail[9] = tail[10] = tail[11] = 0xFF
-        cdef bytes last = ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
+        cdef bytes last = _cdr_key(ckey, stop_time, 0xFFFFFFFF)
         cursor = self.cdr_cursor
         if cursor.set_range(last):
             if cursor.key() == last:
@@ -454,9 +450,7 @@ cdef class AccountingLane(WriteAnswer):
         cdef uint32_t seq = 0
         if PyBytes_GET_SIZE(key) == 20 and _equal(k, <const uint8_t*>PyBytes_AS_STRING(last), 16):
             seq = _be32(k + 16) + 1
-        tail[8] = <uint8_t>(seq >> 24); tail[9] = <uint8_t>(seq >> 16)
-        tail[10] = <uint8_t>(seq >> 8); tail[11] = <uint8_t>seq
-        return ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
+        return _cdr_key(ckey, stop_time, seq)
 
     cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
         """radcore.store.put_session: the session and its entry in the deadline index."""
@@ -506,3 +500,16 @@ cdef class AccountingLane(WriteAnswer):
 
 
 include "_reserve.pxi"
+
+
+cdef bytes _cdr_key(bytes ckey, int64_t stop_time, uint32_t seq):
+    """radcore.records.cdr_key: card key + u64 BE stop time + u32 BE sequence number."""
+    cdef uint8_t tail[12]
+    cdef uint64_t t = <uint64_t>stop_time
+    cdef int i
+    for i in range(8):
+        tail[7 - i] = <uint8_t>(t & 0xFF)
+        t >>= 8
+    tail[8] = <uint8_t>(seq >> 24); tail[9] = <uint8_t>(seq >> 16)
+    tail[10] = <uint8_t>(seq >> 8); tail[11] = <uint8_t>seq
+    return ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
