@@ -149,6 +149,8 @@ cdef class AccountingLane(WriteAnswer):
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
     cdef object txn
     cdef object cdr_cursor          # over `cdrs` in txn: finds the next free CDR sequence number
+    cdef object session_cursor      # over `sessions` in txn
+    cdef dict by_number             # NAS identity -> whether it has calls filed by card and number
     cdef object _get, _put, _delete # txn's methods, called with positional arguments (no keyword parsing)
     cdef int64_t now
     cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
@@ -185,6 +187,8 @@ cdef class AccountingLane(WriteAnswer):
         self.now = self.clock()
         self.txn = self.store.begin(write=True)
         self.cdr_cursor = self.txn.cursor(db=self.cdrs_db)
+        self.session_cursor = self.txn.cursor(db=self.sessions_db)
+        self.by_number = {}
         self._get, self._put, self._delete = self.txn.get, self.txn.put, self.txn.delete
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version or self.now != self.rated_at:
@@ -197,13 +201,13 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef int commit(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = self._get = self._put = self._delete = None
+        self.cdr_cursor = self.session_cursor = self._get = self._put = self._delete = None
         txn.commit()
         return 0
 
     cdef int abort(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = self._get = self._put = self._delete = None
+        self.cdr_cursor = self.session_cursor = self._get = self._put = self._delete = None
         if txn is not None:
             txn.abort()
         return 0
@@ -297,7 +301,7 @@ cdef class AccountingLane(WriteAnswer):
                 return None
             fallback_key = nas + PyBytes_FromStringAndSize(number, number_n) + \
                 PyBytes_FromStringAndSize(<const char*>a.called.p, a.called.n)
-            if self._get(fallback_key, None, self.sessions_db) is not None:
+            if self._files_by_number(nas) and self._get(fallback_key, None, self.sessions_db) is not None:
                 return None  # an authorization filed without a call id: the reference adopts it
             rate = self._rate(series_no, c, a.called)
             if rate is None:
@@ -402,6 +406,18 @@ cdef class AccountingLane(WriteAnswer):
         self._put_session(skey, session_raw, &s)
         self._put(ckey, card, True, True, False, self.cards_db)
         return self._reply(pkt, c.secret)
+
+    cdef bint _files_by_number(self, bytes nas) except -1:
+        """Whether any call of this NAS is filed by card and number (prepaid.fallback_call_id): one
+        cursor seek per NAS and batch instead of a lookup per call. Exact for the batch, because only
+        the Python path files or adopts such calls, never inside the lane's transaction."""
+        found = self.by_number.get(nas)
+        if found is None:
+            prefix = nas + b"\0auth:"
+            cursor = self.session_cursor
+            found = bool(cursor.set_range(prefix)) and cursor.key().startswith(prefix)
+            self.by_number[nas] = found
+        return found
 
     cdef bytes _nas(self, Span nas_identifier, const uint8_t* nas_ip, object ip):
         """prepaid.nas_identity: NAS-Identifier, else NAS-IP-Address, else the source address; None
