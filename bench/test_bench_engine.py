@@ -242,12 +242,16 @@ def test_card_auth_batch_python(benchmark, auth_batch, codec):
 # --- 4. batch: accounting -----------------------------------------------------------------------------
 
 @pytest.mark.benchmark(group="batch-accounting")
-def test_accounting_batch_start_stop(benchmark, tmp_path):
-    """64 Start+Stop pairs (64 cards, h323-conf-id, 20% tax) through parse_batch (fastpath),
-    PrepaidHandler.handle (one write transaction: rate the unannounced call, open its session, settle,
-    close it, append its CDR) and encode_responses. Every round uses fresh conf-ids, so every round
-    settles 64 new calls; requests are built in the untimed setup."""
+@pytest.mark.parametrize("path", ["c-write-lane", "python-handler"])
+def test_accounting_batch_start_stop(benchmark, tmp_path, path):
+    """64 Start+Stop pairs (64 cards, h323-conf-id, 20% tax) in one write transaction: rate the
+    unannounced call, open its session, settle, close it, append its CDR. `c-write-lane`: the worker's
+    C lane (WriteLane.run_batch, as Lane.serve runs it); `python-handler`: parse_batch (fastpath),
+    PrepaidHandler.handle and encode_responses. Every round uses fresh conf-ids, so every round
+    settles 64 new calls; requests are built in the untimed setup; the money is asserted exactly."""
     world = _world(tmp_path)
+    if path == "c-write-lane" and world.handler.fast_write is None:
+        pytest.skip("the C lanes (radcore._lane, radcore._acctlane) are not built")
     world.add_series(46, quantity=BATCH, initial_status=CardStatus.ACTIVATED, face_balance=10**15,
                      tax_profile="vat20")
     client, keys = world.client(), [card_key(46, i) for i in range(BATCH)]
@@ -275,6 +279,8 @@ def test_accounting_batch_start_stop(benchmark, tmp_path):
     handle = world.handler.handle
 
     def run(items):
+        if path == "c-write-lane":
+            return world.handler.fast_write.run_batch([(raw, client, SOURCE[0]) for raw, _, _ in items])
         reqs = fastpath.parse_batch(items)
         out = handle([(req, client, SOURCE) for req in reqs])
         return fastpath.encode_responses([(req, r[0], r[1], SECRET) for req, r in zip(reqs, out)])
@@ -293,3 +299,49 @@ def test_accounting_batch_start_stop(benchmark, tmp_path):
     assert len(cdrs) == rounds * BATCH and world.handler.settlement.orphans == 0
     assert before - balances() == sum(c.cost for c in cdrs) == rounds * per_round
     benchmark.extra_info.update(requests=2 * BATCH, calls_settled=rounds * BATCH)
+
+
+# --- 5. batch: number authorization ------------------------------------------------------------------
+
+@pytest.mark.benchmark(group="batch-number-auth")
+@pytest.mark.parametrize("path", ["c-write-lane", "python-handler"])
+def test_number_auth_batch(benchmark, tmp_path, path):
+    """64 number authorizations (64 cards, right PIN, Called-Station-Id, fresh h323-conf-id) in one
+    write transaction: rate the number, compute the longest affordable call, reserve its cost, open
+    the session, write the Access-Accept. Every round authorizes 64 new calls; each reply is checked
+    as an Access-Accept and the holds on the cards as the sum of the sessions' reservations."""
+    world = _world(tmp_path)
+    if path == "c-write-lane" and world.handler.fast_write is None:
+        pytest.skip("the C lanes (radcore._lane, radcore._acctlane) are not built")
+    world.add_series(47, quantity=BATCH, initial_status=CardStatus.ACTIVATED, face_balance=10**15,
+                     tax_profile="vat20", max_concurrent_calls=65535)
+    client = world.client()
+    rng = random.Random(47)
+    state = {"raws": [], "rounds": 0}
+
+    def setup():
+        state["rounds"] += 1
+        raws = [packet.encode_access_request(
+            i, rng.randbytes(16),
+            [(d.USER_NAME, world.number(47, i).encode()), (d.NAS_IP_ADDRESS, NAS),
+             (d.CALLED_STATION_ID, b"442079460000"),
+             (CONF_VSA, f"h323-conf-id={rng.getrandbits(128):032X}".encode())],
+            SECRET, password=world.pins[47][i].encode()) for i in range(BATCH)]
+        state["raws"] = raws
+        return (raws,), {}
+
+    def run(raws):
+        if path == "c-write-lane":
+            return world.handler.fast_write.run_batch([(raw, client, SOURCE[0]) for raw in raws])
+        return _python_batch(world, client, raws, fastpath)()
+
+    wires = benchmark.pedantic(run, setup=setup, rounds=200, warmup_rounds=5)
+    assert None not in wires
+    for raw, wire in zip(state["raws"], wires):
+        assert packet.decode_response(wire, raw[4:20], SECRET).code == d.Code.ACCESS_ACCEPT
+    with world.store.begin() as txn:
+        held = sum(get_session(txn, world.store, key).reserved for key, _ in txn.cursor(db=world.store.sessions))
+        cards = [get_card(txn, world.store, card_key(47, i)) for i in range(BATCH)]
+    assert held == sum(c.reserved for c in cards) > 0
+    assert sum(c.open_calls for c in cards) == state["rounds"] * BATCH  # one new call per card per round
+    benchmark.extra_info.update(requests=BATCH)

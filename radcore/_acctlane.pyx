@@ -137,6 +137,7 @@ cdef class _Client:
     cdef bint eligible              # PIN-only profiles identify the card by PIN: not this lane
     cdef bint require_ma            # an Access-Request without a Message-Authenticator is dropped
     cdef bint plain_number          # the dialled number is Called-Station-Id (no redirect-number profile)
+    cdef uint32_t vendor            # the profile's VSA vendor (0: none)
 
 
 cdef class AccountingLane(WriteAnswer):
@@ -238,6 +239,7 @@ cdef class AccountingLane(WriteAnswer):
         c.eligible = not client.profile.pin_only
         c.require_ma = bool(client.require_message_authenticator)
         c.plain_number = client.profile.number_attribute != "h323-redirect-number"
+        c.vendor = client.profile.vendor
         if len(self.clients) > 4096:
             self.clients.clear()
         self.clients[id(client)] = c

@@ -216,6 +216,29 @@ cdef class WriteLane(AccountingLane):
             self.plans.clear()
         return 0
 
+    def run_batch(self, items):
+        """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
+        batch: each answered (reply bytes) or declined (None); committed once if any was answered."""
+        cdef bytes pkt
+        out = []
+        self.begin()
+        try:
+            for data, client, ip in items:
+                pkt = bytes(data)
+                if PyBytes_GET_SIZE(pkt) < HEADER:
+                    out.append(None)
+                elif (<const uint8_t*>PyBytes_AS_STRING(pkt))[0] == 4:
+                    out.append(self.account(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
+                                            client, ip))
+                else:
+                    out.append(self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
+                                              client, ip))
+            if any(wire is not None for wire in out):
+                self.commit()
+            return out
+        finally:
+            self.abort()
+
     def reserve(self, data, client, ip):
         """One Access-Request in its own write transaction, committed if answered (tests)."""
         cdef bytes pkt = bytes(data)
@@ -349,7 +372,7 @@ cdef class WriteLane(AccountingLane):
             if len(self.plans) > 65536:
                 self.plans.clear()
             self.plans[memo] = plan
-        attrs = _write_plan(plan, c.client.profile.vendor, available, seconds)
+        attrs = _write_plan(plan, c.vendor, available, seconds)
         if attrs is None:
             return None  # an operator's very long language tag or route: let the reference refuse it
 
