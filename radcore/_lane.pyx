@@ -10,12 +10,16 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    socket and pass, into buffers allocated once.
 2. `serve` walks them in C. A request that a `FastAnswer` (the prepaid card-authentication lane,
    `radcore._cardauth`) can answer without writing anything is answered right there: no Request object,
-   no attribute list, just the reply bytes. It is counted, and stored in the duplicate cache exactly as
-   the Python path would store it. Everything else (accounting, number authorization, a wrong PIN,
-   anything odd or malformed) becomes the `(datagram, address, socket, kind)` tuple the Python path
-   takes, in arrival order.
+   no attribute list, just the reply bytes. A request that a `WriteAnswer` (the prepaid write lane,
+   `radcore._acctlane`: accounting and number authorization) can decide is applied in its one write
+   transaction, and its reply held until that transaction's durable commit at the end of the walk.
+   Answers are counted and stored in the duplicate cache exactly as the Python path would store them.
+   Everything else (a wrong PIN, an activation, Accounting-On/Off, anything odd or malformed) becomes
+   the `(datagram, address, socket, kind)` tuple the Python path takes, in arrival order, after the
+   write lane's commit; once the write lane has declined a request that the Python path will act on,
+   it leaves the rest of the batch to the Python path too, so no call is applied out of order.
 3. The Python path's replies are queued with `queue` instead of being sent one by one, and `flush`
-   sends every reply of the batch with one sendmmsg per socket. The lane's own answers go out in
+   sends every reply of the batch with one sendmmsg per socket. The read lane's answers go out in
    runs of `EARLY_SEND` while the batch is still being read: a full batch takes milliseconds, and
    the first request in it should not wait for the last.
 
