@@ -18,6 +18,10 @@ card, an authorization filed without a call id, an unrated number, a call that o
 a longer report after a Stop (its CDR is amended), a Message-Authenticator or Proxy-State, text that
 is not plain ASCII, anything malformed. tests/test_acctlane.py checks that the lane and the reference
 leave the same bytes in the store and send the same replies, over generated call flows.
+
+`WriteLane`, the class a worker uses, adds number authorization in the same transaction
+(`_reserve.pxi`, included at the end); `_sessions.pxi` holds the record layouts and the rating
+arithmetic both parts share.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
