@@ -233,7 +233,8 @@ class _Collector:
                  "batches": "Batches handled by the workers",
                  "internal_errors": "Batches that hit an unexpected exception",
                  "worker_restarts": "Workers restarted after an unexpected exit",
-                 "fast_answers": "Requests answered by the C lanes, card authentication and accounting (also in replies)"}
+                 "fast_answers": ("Requests answered by the C lanes (card authentication, number authorization, "
+                                  "accounting); also counted in replies")}
         for name in SCALARS:
             yield CounterMetricFamily(f"radcore_{name}", helps[name], value=snap[name])
         lat = snap["latency"]
