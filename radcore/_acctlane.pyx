@@ -63,13 +63,35 @@ cdef struct Acct:
     uint32_t terminate_cause
 
 
+cdef bint _h323_vsa(const uint8_t* v, Py_ssize_t vlen, Span* conf_id) noexcept nogil:
+    """A Vendor-Specific value: for Cisco and Quintum, h323-conf-id (bare or "h323-conf-id=" prefixed)
+    into `conf_id` when present; other vendors are ignored, as the reference does. False for a
+    malformed Cisco or Quintum chain, which radcore.packet._split_vsa keeps whole (so it carries no
+    conf-id there): rather than mirror that, the lanes leave it to the reference."""
+    cdef Py_ssize_t sub = 4
+    if vlen < 4 or (_be32(v) != 9 and _be32(v) != 6618):
+        return True
+    if sub >= vlen:
+        return False
+    while sub < vlen:
+        if sub + 2 > vlen or v[sub + 1] < 2 or sub + v[sub + 1] > vlen:
+            return False
+        if v[sub] == 24:
+            conf_id.p = v + sub + 2
+            conf_id.n = v[sub + 1] - 2
+            if conf_id.n >= 13 and _equal(conf_id.p, _CONF_NAME, 13):
+                conf_id.p += 13
+                conf_id.n -= 13
+        sub += v[sub + 1]
+    return True
+
+
 cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
     """Walk the attributes as radcore.packet.parse_request does (the last of a repeated one wins);
     False for anything the lane leaves to the reference."""
-    cdef Py_ssize_t pos = HEADER, alen, vlen, sub, end
+    cdef Py_ssize_t pos = HEADER, alen, vlen
     cdef const uint8_t* v
     cdef int atype
-    cdef uint32_t vendor
     a.user.n = a.nas_identifier.n = a.called.n = a.session_id.n = a.conf_id.n = 0
     a.user.p = a.nas_identifier.p = a.called.p = a.session_id.p = a.conf_id.p = NULL
     a.nas_ip = NULL
@@ -111,24 +133,8 @@ cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
                 a.delay_time = _be32(v)
             elif atype == 49:
                 a.terminate_cause = _be32(v)
-        elif atype == 26 and vlen >= 4:
-            vendor = _be32(v)
-            if vendor == 9 or vendor == 6618:
-                # Split as radcore.packet._split_vsa: a malformed chain is kept whole there (so
-                # carries no conf-id); rather than mirror that, leave it to the reference.
-                sub = 4
-                if sub >= vlen:
-                    return False
-                while sub < vlen:
-                    if sub + 2 > vlen or v[sub + 1] < 2 or sub + v[sub + 1] > vlen:
-                        return False
-                    if v[sub] == 24:  # h323-conf-id, bare or "h323-conf-id=" prefixed
-                        a.conf_id.p = v + sub + 2
-                        a.conf_id.n = v[sub + 1] - 2
-                        if a.conf_id.n >= 13 and _equal(a.conf_id.p, _CONF_NAME, 13):
-                            a.conf_id.p += 13
-                            a.conf_id.n -= 13
-                    sub += v[sub + 1]
+        elif atype == 26 and not _h323_vsa(v, vlen, &a.conf_id):
+            return False
         pos += alen
     return (_ascii(a.user) and _ascii(a.nas_identifier) and _ascii(a.called) and _ascii(a.session_id)
             and _ascii(a.conf_id))
@@ -217,17 +223,32 @@ cdef class AccountingLane(WriteAnswer):
             txn.abort()
         return 0
 
-    def settle(self, data, client, ip):
-        """One datagram in its own write transaction, committed if answered (tests, cross-check)."""
-        cdef bytes pkt = bytes(data)
+    def run_batch(self, items):
+        """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
+        batch: each answered (reply bytes) or declined (None); committed once if any was answered."""
+        cdef bytes pkt
+        out = []
         self.begin()
         try:
-            wire = self.account(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt), client, ip)
-            if wire is not None:
+            for data, client, ip in items:
+                pkt = bytes(data)
+                if PyBytes_GET_SIZE(pkt) < HEADER:
+                    out.append(None)
+                elif (<const uint8_t*>PyBytes_AS_STRING(pkt))[0] == 4:
+                    out.append(self.account(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
+                                            client, ip))
+                else:
+                    out.append(self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
+                                              client, ip))
+            if any(wire is not None for wire in out):
                 self.commit()
-            return wire
+            return out
         finally:
             self.abort()
+
+    def decide(self, data, client, ip):
+        """One datagram in its own write transaction, committed if answered (tests, cross-check)."""
+        return self.run_batch([(data, client, ip)])[0]
 
     cdef _Client _client(self, object client):
         cdef _Client c = self.last_client
@@ -284,7 +305,7 @@ cdef class AccountingLane(WriteAnswer):
         cdef Sess s
         cdef bytes session_raw = self._get(skey, None, self.sessions_db)
         cdef bytes card_raw
-        cdef bytes fresh = None
+        cdef bint fresh = False          # a call nobody authorized, opened by this request
         cdef object rate
         cdef uint32_t series_no, serial
         cdef uint8_t key[8]
@@ -318,11 +339,7 @@ cdef class AccountingLane(WriteAnswer):
             s.deadline = self.now + self.call_seconds
             s.last_session_time = 0
             _rate_into(&s, rate)
-            fresh = rate[6]  # prefix + called digits, the strings' storage
-            s.s[S_PREFIX].p = <const uint8_t*>PyBytes_AS_STRING(fresh)
-            s.s[S_PREFIX].n = <Py_ssize_t>rate[7]
-            s.s[S_CALLED].p = s.s[S_PREFIX].p + s.s[S_PREFIX].n
-            s.s[S_CALLED].n = PyBytes_GET_SIZE(fresh) - s.s[S_PREFIX].n
+            fresh = True
             s.s[S_SESSION_ID] = a.session_id
             s.s[S_CONF_ID] = a.conf_id
             s.s[S_NAS].p = <const uint8_t*>PyBytes_AS_STRING(nas)
@@ -333,14 +350,14 @@ cdef class AccountingLane(WriteAnswer):
         if a.status == START:
             if s.state == SESSION_AUTHORIZED:
                 s.state = SESSION_STARTED
-            if fresh is not None and not self._open_call(card_raw, key):
+            if fresh and not self._open_call(card_raw, key):
                 return None
             self._put_session(skey, session_raw, &s)
             return self._reply(pkt, c.secret)
 
         # Interim-Update or Stop: settle on the card.
         cdef bytes ckey = PyBytes_FromStringAndSize(<const char*>s.card_key, 8)
-        if fresh is None:
+        if not fresh:
             card_raw = self._get(ckey, None, self.cards_db)
             if card_raw is None:
                 return None
@@ -351,7 +368,7 @@ cdef class AccountingLane(WriteAnswer):
         cdef bytes card = PyBytes_FromStringAndSize(PyBytes_AS_STRING(card_raw), PyBytes_GET_SIZE(card_raw))
         cdef uint8_t* cp = <uint8_t*>PyBytes_AS_STRING(card)
         cdef uint16_t open_calls = cp[OFF_OPEN_CALLS] | (<uint16_t>cp[OFF_OPEN_CALLS + 1] << 8)
-        if fresh is not None:
+        if fresh:
             if open_calls == 0xFFFF:
                 return None
             open_calls += 1

@@ -359,14 +359,13 @@ cdef class Lane:
         for i, key, auth, wire in held:  # durable now: release the replies
             self._queue_name(self.rx_sock[i], wire, self.rx_names + <size_t>i * NAME,
                              self.rx_msg[i].msg_hdr.msg_namelen)
+            if self.kinds[self.rx_sock[i]] == ACCT:
+                self.accounted += 1
             if seconds > 0:
                 if expires is None:
                     expires = cache.clock() + seconds
                 entries.pop(key, None)
                 entries[key] = (auth, wire, expires)
-        for item in held:
-            if self.kinds[self.rx_sock[<int>item[0]]] == ACCT:
-                self.accounted += 1
         answered += len(held)
         if expires is not None:
             cache.expire()

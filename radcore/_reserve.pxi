@@ -132,7 +132,7 @@ cdef struct Access:
 
 cdef bint _parse_access(const uint8_t* pkt, Py_ssize_t length, Access* a) noexcept nogil:
     """Walk the attributes as radcore.packet.parse_request does; False for what the lane leaves alone."""
-    cdef Py_ssize_t pos = HEADER, alen, vlen, sub
+    cdef Py_ssize_t pos = HEADER, alen, vlen
     cdef const uint8_t* v
     cdef int atype
     a.user.n = a.hidden.n = a.called.n = a.session_id.n = a.conf_id.n = a.nas_identifier.n = 0
@@ -171,20 +171,8 @@ cdef bint _parse_access(const uint8_t* pkt, Py_ssize_t length, Access* a) noexce
         elif atype == 40 or atype == 46 or atype == 41 or atype == 49 or atype == 55:
             if vlen != 4:
                 return False
-        elif atype == 26 and vlen >= 4 and (_be32(v) == 9 or _be32(v) == 6618):
-            sub = 4
-            if sub >= vlen:
-                return False
-            while sub < vlen:
-                if sub + 2 > vlen or v[sub + 1] < 2 or sub + v[sub + 1] > vlen:
-                    return False
-                if v[sub] == 24:
-                    a.conf_id.p = v + sub + 2
-                    a.conf_id.n = v[sub + 1] - 2
-                    if a.conf_id.n >= 13 and _equal(a.conf_id.p, _CONF_NAME, 13):
-                        a.conf_id.p += 13
-                        a.conf_id.n -= 13
-                sub += v[sub + 1]
+        elif atype == 26 and not _h323_vsa(v, vlen, &a.conf_id):
+            return False
         pos += alen
     return (_ascii(a.user) and _ascii(a.called) and _ascii(a.session_id) and _ascii(a.conf_id)
             and _ascii(a.nas_identifier))
@@ -215,41 +203,6 @@ cdef class WriteLane(AccountingLane):
             self.series.clear()
             self.plans.clear()
         return 0
-
-    def run_batch(self, items):
-        """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
-        batch: each answered (reply bytes) or declined (None); committed once if any was answered."""
-        cdef bytes pkt
-        out = []
-        self.begin()
-        try:
-            for data, client, ip in items:
-                pkt = bytes(data)
-                if PyBytes_GET_SIZE(pkt) < HEADER:
-                    out.append(None)
-                elif (<const uint8_t*>PyBytes_AS_STRING(pkt))[0] == 4:
-                    out.append(self.account(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
-                                            client, ip))
-                else:
-                    out.append(self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
-                                              client, ip))
-            if any(wire is not None for wire in out):
-                self.commit()
-            return out
-        finally:
-            self.abort()
-
-    def reserve(self, data, client, ip):
-        """One Access-Request in its own write transaction, committed if answered (tests)."""
-        cdef bytes pkt = bytes(data)
-        self.begin()
-        try:
-            wire = self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt), client, ip)
-            if wire is not None:
-                self.commit()
-            return wire
-        finally:
-            self.abort()
 
     cdef object _series(self, uint32_t number):
         try:
@@ -347,7 +300,6 @@ cdef class WriteLane(AccountingLane):
         cdef int128 hold = _cost(&s, seconds)
         if hold > available:
             return None
-        cdef bytes strings = rate[6]
         memcpy(s.card_key, key, 8)
         s.state = SESSION_AUTHORIZED
         s.reserved = <int64_t>hold
@@ -355,10 +307,6 @@ cdef class WriteLane(AccountingLane):
         s.opened_at = self.now
         s.deadline = self.now + seconds + self.hold_grace
         s.last_session_time = 0
-        s.s[S_PREFIX].p = <const uint8_t*>PyBytes_AS_STRING(strings)
-        s.s[S_PREFIX].n = <Py_ssize_t>rate[7]
-        s.s[S_CALLED].p = s.s[S_PREFIX].p + s.s[S_PREFIX].n
-        s.s[S_CALLED].n = PyBytes_GET_SIZE(strings) - s.s[S_PREFIX].n
         s.s[S_SESSION_ID] = a.session_id
         s.s[S_CONF_ID] = a.conf_id
         s.s[S_NAS].p = <const uint8_t*>PyBytes_AS_STRING(nas)

@@ -188,13 +188,19 @@ cdef int128 _max_duration(Sess* s, int128 available, int128 cap) noexcept nogil:
 
 
 cdef int _rate_into(Sess* s, tuple rate) except -1:
-    """Copy a memoised rate tuple (see `_rate_tuple`) into the session's rate fields."""
+    """Copy a memoised rate tuple (see `_rate_tuple`) into the session's rate fields and its prefix
+    and called strings, which point into the tuple's bytes: keep `rate` alive while `s` is used."""
+    cdef bytes strings = rate[6]
     s.price_per_minute = rate[0]
     s.connection_fee = rate[1]
     s.min_volume = rate[2]
     s.interval = rate[3]
     s.grace = rate[4]
     s.tax_ppm = rate[5]
+    s.s[S_PREFIX].p = <const uint8_t*>PyBytes_AS_STRING(strings)
+    s.s[S_PREFIX].n = <Py_ssize_t>rate[7]
+    s.s[S_CALLED].p = s.s[S_PREFIX].p + s.s[S_PREFIX].n
+    s.s[S_CALLED].n = PyBytes_GET_SIZE(strings) - s.s[S_PREFIX].n
     return 0
 
 
@@ -214,24 +220,14 @@ def _rate_tuple(rate, tax_ppm, digits):
 def cost(price_per_minute, connection_fee, min_volume, interval, grace, tax_ppm, duration):
     """`radcore.rating.cost` as the lanes compute it (the tests check one against the other)."""
     cdef Sess s
-    s.price_per_minute = price_per_minute
-    s.connection_fee = connection_fee
-    s.min_volume = min_volume
-    s.interval = interval
-    s.grace = grace
-    s.tax_ppm = tax_ppm
+    _rate_into(&s, (price_per_minute, connection_fee, min_volume, interval, grace, tax_ppm, b"", 0))
     return <int64_t>_cost(&s, <int128>duration)
 
 
 def max_duration(price_per_minute, connection_fee, min_volume, interval, grace, tax_ppm, available, cap):
     """`radcore.rating.max_duration` as the write lane computes it."""
     cdef Sess s
-    s.price_per_minute = price_per_minute
-    s.connection_fee = connection_fee
-    s.min_volume = min_volume
-    s.interval = interval
-    s.grace = grace
-    s.tax_ppm = tax_ppm
+    _rate_into(&s, (price_per_minute, connection_fee, min_volume, interval, grace, tax_ppm, b"", 0))
     return <int64_t>_max_duration(&s, <int128>(<int64_t>available), <int128>(<int64_t>cap))
 
 

@@ -10,6 +10,7 @@ the config; the real ones come from the server's ready file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,6 +220,21 @@ class UdpClient:
     def exchange(self, port: int, data: bytes, timeout: float = 3.0) -> bytes | None:
         self.send(port, data)
         return self.recv(timeout)
+
+
+@contextlib.contextmanager
+def loopback_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(server, nas): a non-blocking server socket on a free loopback port, as a worker's, and a NAS
+    socket to send to it from; both closed afterwards. For driving radcore._lane.Lane directly."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    nas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        yield server, nas
+    finally:
+        server.close()
+        nas.close()
 
 
 # ---------------------------------------------------------------------------------------------

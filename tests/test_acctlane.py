@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import time
 
 import pytest
@@ -99,24 +98,24 @@ class Pair:
         self.fast.clock.advance(seconds)
 
     def access(self, raw: bytes, client: str = "cisco-gw") -> bytes | None:
-        expected = reference(self.ref, raw, self.ref.client(client))
-        wire = self.lane.reserve(raw, self.fast.client(client), SOURCE_IP)
-        if wire is None:
-            wire = reference(self.fast, raw, self.fast.client(client))
-        else:
-            self.reserved += 1
-        assert wire == expected, raw
+        wire, by_lane = self._both(raw, client)
+        self.reserved += by_lane
         return wire
 
     def account(self, raw: bytes, client: str = "cisco-gw") -> bytes | None:
-        expected = reference(self.ref, raw, self.ref.client(client))
-        wire = self.lane.settle(raw, self.fast.client(client), SOURCE_IP)
-        if wire is None:
-            wire = reference(self.fast, raw, self.fast.client(client))
-        else:
-            self.answered += 1
-        assert wire == expected, raw
+        wire, by_lane = self._both(raw, client)
+        self.answered += by_lane
         return wire
+
+    def _both(self, raw: bytes, client: str) -> tuple[bytes | None, bool]:
+        """The reference's reply on one side; the lane's (else the reference's) on the other: equal."""
+        expected = reference(self.ref, raw, self.ref.client(client))
+        wire = self.lane.decide(raw, self.fast.client(client), SOURCE_IP)
+        by_lane = wire is not None
+        if not by_lane:
+            wire = reference(self.fast, raw, self.fast.client(client))
+        assert wire == expected, raw
+        return wire, by_lane
 
     def check(self) -> None:
         assert dump(self.fast) == dump(self.ref)
@@ -291,24 +290,24 @@ def test_the_lane_leaves_what_the_reference_logs_or_treats_specially(world, tmp_
         (overrun, cisco),
     ]
     for raw, client in declined:
-        assert lane.settle(raw, client, SOURCE_IP) is None, raw
+        assert lane.decide(raw, client, SOURCE_IP) is None, raw
     assert lane.answered == 0
     assert dump(pair.fast) == dump(pair.ref)  # declining wrote nothing
 
     # An authorization that carried no call id is filed by card and number; its Start is adopted.
     pair.access(access_request(world, 45, 2, "442079460000", ""))
     start = accounting(world.number(45, 2), d.AcctStatus.START, conf_id="ADOPT", called="442079460000")
-    assert lane.settle(start, cisco, SOURCE_IP) is None
+    assert lane.decide(start, cisco, SOURCE_IP) is None
     pair.account(start)
     pair.check()
 
     # A report after the Stop that bills no more is the lane's; a longer one amends the CDR, which
     # is the reference's job (UK: 60 s minimum, then 6 s steps, so 70 and 71 s both bill 72 s).
     common = dict(conf_id="LATE", called="442079460000")
-    assert lane.settle(accounting(n45, d.AcctStatus.STOP, session_time=70, **common), cisco, SOURCE_IP)
-    assert lane.settle(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=71, **common), cisco,
+    assert lane.decide(accounting(n45, d.AcctStatus.STOP, session_time=70, **common), cisco, SOURCE_IP)
+    assert lane.decide(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=71, **common), cisco,
                        SOURCE_IP)
-    assert lane.settle(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=80, **common), cisco,
+    assert lane.decide(accounting(n45, d.AcctStatus.INTERIM_UPDATE, session_time=80, **common), cisco,
                        SOURCE_IP) is None
 
 
@@ -395,6 +394,7 @@ def test_a_write_lane_failure_hands_its_part_of_the_batch_to_the_python_path(wor
     """If the write transaction cannot start (or commit), nothing it held is answered: every
     datagram comes back for the Python path, in arrival order, and the error is reported. With a
     working lane the same datagrams are settled in C, and their replies leave only after the commit."""
+    from helpers_server import loopback_pair
     from radcore._acctlane import WriteLane
     from radcore._lane import Lane
     from radcore.dupcache import ACCT, DuplicateCache
@@ -405,11 +405,7 @@ def test_a_write_lane_failure_hands_its_part_of_the_batch_to_the_python_path(wor
         def begin(self, write=False):
             raise OSError("No space left on device")
 
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
-    nas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with loopback_pair() as (server, nas):
         lane = Lane([(server, ACCT)], 8)
         errors = []
         lane.on_lane_error = errors.append
@@ -433,6 +429,3 @@ def test_a_write_lane_failure_hands_its_part_of_the_batch_to_the_python_path(wor
         nas.settimeout(3)
         replies = [nas.recv(4096) for _ in range(3)]
         assert sorted(r[1] for r in replies) == sorted(r[1] for r in raws)
-    finally:
-        server.close()
-        nas.close()

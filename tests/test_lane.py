@@ -307,8 +307,7 @@ def test_a_served_worker_answers_card_auth_in_the_lane_and_retransmissions_from_
 def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world):
     """The lane never loses a request: if its store read fails, every datagram of the batch comes
     back for the Python path (which answers as the handler documents) and the error is reported."""
-    import socket
-
+    from helpers_server import loopback_pair
     from radcore._cardauth import CardAuthLane
     from radcore._lane import Lane
     from radcore.dupcache import AUTH, DuplicateCache
@@ -320,11 +319,7 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
             raise OSError("reader table full")
 
     world.add_series(45, quantity=1, initial_status=CardStatus.ACTIVATED)
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
-    nas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with loopback_pair() as (server, nas):
         lane = Lane([(server, AUTH)], 8)
         errors = []
         lane.on_lane_error = errors.append
@@ -345,9 +340,6 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
         nas.settimeout(3)
         replies = [nas.recv(4096) for _ in range(3)]
         assert sorted(r[1] for r in replies) == sorted(r[1] for r in raws)
-    finally:
-        server.close()
-        nas.close()
 
 
 def _has_ipv6_loopback() -> bool:
