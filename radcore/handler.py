@@ -63,13 +63,12 @@ class PrepaidHandler:
         self.lookups = Lookups(self.store)
         self.auth = CardAuthenticator(self.store, self.keyring, config.prepaid, self.lookups)
         self.settlement = Settlement(self.store, self.keyring, config.prepaid, self.lookups)
-        #: The C lane that answers plain card authentications inside the worker's loop (see
-        #: `radcore._cardauth`); None where the extensions are not built.
-        self.fast_answer = _card_auth_lane(self.store, self.keyring, self.lookups, self.clock)
-        #: The C lane that settles ordinary accounting and reserves ordinary number authorizations
-        #: in the worker's loop, in its own durable commit per batch (see `radcore._acctlane`);
-        #: None where the extensions are not built.
-        self.fast_write = _write_lane(self.store, self.settlement, self.lookups, self.clock)
+        #: The C lanes of the worker's loop, both None where the extensions are not built:
+        #: `fast_answer` answers plain card authentications from a read transaction
+        #: (`radcore._cardauth`); `fast_write` settles ordinary accounting and reserves ordinary
+        #: number authorizations in its own durable commit per batch (`radcore._acctlane`).
+        self.fast_answer, self.fast_write = _c_lanes(self.store, self.keyring, self.lookups,
+                                                     self.settlement, self.clock)
         self.failed_commits = 0
         self.poisoned = 0
         self._next_sweep = 0
@@ -192,20 +191,13 @@ class _Poisoned(Exception):
         self.index = index
 
 
-def _card_auth_lane(store: Store, keyring: KeyRing, lookups: Lookups, clock: Clock):
+def _c_lanes(store: Store, keyring: KeyRing, lookups: Lookups, settlement: Settlement, clock: Clock):
     if fastpath.load_lane() is None:
-        return None
+        return None, None
+    from ._acctlane import WriteLane
     from ._cardauth import CardAuthLane
 
-    return CardAuthLane(store, keyring, lookups, clock)
-
-
-def _write_lane(store: Store, settlement: Settlement, lookups: Lookups, clock: Clock):
-    if fastpath.load_lane() is None:
-        return None
-    from ._acctlane import WriteLane
-
-    return WriteLane(store, settlement, lookups, clock)
+    return CardAuthLane(store, keyring, lookups, clock), WriteLane(store, settlement, lookups, clock)
 
 
 def make_handler(config: Config) -> PrepaidHandler:

@@ -186,8 +186,8 @@ class Worker:
         self._stopping = False
         self._reload = False
         self._tick = getattr(handler, "tick", None)
-        # The C batch loop (recvmmsg/sendmmsg) where it is built, with the handler's fast answer
-        # plugged in; `handle_batch` stays the reference and takes whatever the lane declines.
+        # The C batch loop (recvmmsg/sendmmsg) where it is built, with the handler's C lanes
+        # plugged in; `handle_batch` stays the reference and takes whatever they decline.
         lane = fastpath.load_lane()
         self.lane = lane.Lane(list(self.socks), config.server.batch_max) if lane is not None else None
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
