@@ -77,7 +77,10 @@ def extensions():
                   extra_compile_args=["-O3"]),
     ]
     if sys.platform.startswith("linux"):
-        # The worker's batch loop and its card-auth and accounting lanes (recvmmsg/sendmmsg are Linux calls).
+        # The worker's batch loop, its duplicate cache and its card-auth and accounting lanes
+        # (recvmmsg/sendmmsg are Linux calls).
+        exts.append(Extension("radcore._dupcache", ["radcore/_dupcache.pyx"], define_macros=macros,
+                              extra_compile_args=["-O3"]))
         exts.append(Extension("radcore._lane", ["radcore/_lane.pyx"], define_macros=macros,
                               extra_compile_args=["-O3"]))
         exts.append(Extension("radcore._cardauth", ["radcore/_cardauth.pyx"], define_macros=macros,

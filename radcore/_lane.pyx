@@ -24,10 +24,14 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    the first request in it should not wait for the last.
 
 A retransmission (its key and Request Authenticator already in the duplicate cache) always takes the
-Python path, which answers it from the cache: the lane never has to reason about expiry.
+Python path, which answers it from the cache: the lane never has to reason about expiry. The cache is
+the C one (`radcore._dupcache`), shared with the Python path, so the lane keys it straight from
+each datagram's sockaddr.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
@@ -36,6 +40,8 @@ from libc.string cimport memcpy, memset, strerror
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
                             mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
                             socklen_t)
+
+from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 
 from radcore.errors import PacketError
 
@@ -116,6 +122,8 @@ cdef class Lane:
     cdef dict ip_text               # IPv4 address (host order) -> its dotted-quad str
     cdef object config              # the radcore.config.Config the client memo belongs to
     cdef dict clients               # source ip text -> radcore.config.Client or None
+    cdef dict clients4              # the same for IPv4 sources, by 32-bit address (host order)
+    cdef int* held_at               # datagrams whose replies wait for the write lane's commit
     cdef public object on_recv_error   # called with the error text when recvmmsg fails
     cdef public object on_lane_error   # called with the exception when the fast answer raises
 
@@ -139,13 +147,14 @@ cdef class Lane:
         self.rx_msg = <mmsghdr*>PyMem_Malloc(batch_max * sizeof(mmsghdr))
         self.rx_sock = <int*>PyMem_Malloc(batch_max * sizeof(int))
         self.fate = <uint8_t*>PyMem_Malloc(batch_max)
+        self.held_at = <int*>PyMem_Malloc(batch_max * sizeof(int))
         self.tx_names = <uint8_t*>PyMem_Malloc(<size_t>self.tx_cap * NAME)
         self.tx_iov = <iovec*>PyMem_Malloc(self.tx_cap * sizeof(iovec))
         self.tx_msg = <mmsghdr*>PyMem_Malloc(self.tx_cap * sizeof(mmsghdr))
         self.tx_sock = <int*>PyMem_Malloc(self.tx_cap * sizeof(int))
         if (self.rx == NULL or self.rx_names == NULL or self.rx_iov == NULL or self.rx_msg == NULL
-                or self.rx_sock == NULL or self.fate == NULL or self.tx_names == NULL or self.tx_iov == NULL
-                or self.tx_msg == NULL or self.tx_sock == NULL):
+                or self.rx_sock == NULL or self.fate == NULL or self.held_at == NULL or self.tx_names == NULL
+                or self.tx_iov == NULL or self.tx_msg == NULL or self.tx_sock == NULL):
             raise MemoryError()
         self.tx_keep = []
         self.tx_sent = 0
@@ -153,6 +162,7 @@ cdef class Lane:
         self.ip_text = {}
         self.config = None
         self.clients = {}
+        self.clients4 = {}
         self.on_recv_error = None
         self.on_lane_error = None
 
@@ -163,6 +173,7 @@ cdef class Lane:
         PyMem_Free(self.rx_msg)
         PyMem_Free(self.rx_sock)
         PyMem_Free(self.fate)
+        PyMem_Free(self.held_at)
         PyMem_Free(self.tx_names)
         PyMem_Free(self.tx_iov)
         PyMem_Free(self.tx_msg)
@@ -228,7 +239,7 @@ cdef class Lane:
 
     # -- serve ----------------------------------------------------------------------------------
 
-    def serve(self, FastAnswer fast, config, cache, WriteAnswer write=None):
+    def serve(self, FastAnswer fast, config, DuplicateCache cache, WriteAnswer write=None):
         """Answer what `fast` and `write` can; return (answered, [(datagram, address, socket, kind), ...]
         for the rest, in arrival order). `accounted` then holds how many of `answered` were
         Accounting-Requests.
@@ -236,33 +247,38 @@ cdef class Lane:
         `fast` answers Access-Requests from a read transaction; `write` answers Accounting-Requests
         in one write transaction whose replies are held until its durable commit. Either may be
         None (everything goes to the Python path, still batched on the wire). `config` is the
-        worker's radcore.config.Config (its clients), `cache` its radcore.dupcache.DuplicateCache,
-        whose entries the lane writes as `DuplicateCache.store` would, trimming once per batch.
+        worker's radcore.config.Config (its clients), `cache` its duplicate cache (the C one, which
+        the Python path uses too), whose entries the lane writes as `store` would, with one expiry
+        time and one trim per batch.
 
         Once `write` declines a request that the Python path will act on, the rest of the batch's
         accounting goes there too, after it, so no call's packets are applied out of order. If the
         write transaction fails, everything it held takes the Python path instead.
         """
         cdef list rest = []
-        cdef list held = []             # (index, key, authenticator, reply) awaiting the commit
-        cdef set held_keys = set()
-        cdef int i, k, kind
+        cdef list held = []             # replies awaiting the commit; their datagrams are in held_at
+        cdef int* held_at = self.held_at
+        cdef set held_keys = set()      # their duplicate-cache keys, as bytes
+        cdef int i, j, k, kind
         cdef Py_ssize_t n
         cdef const uint8_t* pkt
-        cdef object addr, client, key, wire, auth, entry
-        cdef object entries = cache._entries
+        cdef uint8_t key[KEY_SIZE]
+        cdef bytes key_bytes
+        cdef object client, wire
         cdef int answered = 0
         cdef bint began = False, wbegan = False, committed = False
         cdef bint enabled = fast is not None
         cdef bint writing = write is not None
-        cdef double seconds = cache.seconds
-        cdef object expires = None
+        cdef bint caching = cache.seconds > 0
+        cdef bint stamped = False       # now/expires read from the cache's clock (once per batch)
+        cdef double now = 0, expires = 0
         cdef uint8_t* fate = self.fate  # 0: Python path, 1: answered, 2: held for the commit
         memset(fate, 0, self.received)
         self.accounted = 0
         if config is not self.config:
             self.config = config
             self.clients = {}
+            self.clients4 = {}
         try:
             for i in range(self.received):
                 pkt = self.rx + <size_t>i * SLOT
@@ -274,17 +290,15 @@ cdef class Lane:
                 if not (((enabled or writing) and kind == AUTH and pkt[0] == 1)
                         or (writing and kind == ACCT and pkt[0] == 4)):
                     continue
-                addr = self._address(i)
-                client = self._client(addr)
+                if sockaddr_key(<const sockaddr*>(self.rx_names + <size_t>i * NAME), pkt[1], kind, key) < 0:
+                    continue
+                client = self._client_at(i)
                 if client is None:
                     continue
-                key = (addr[0], addr[1], pkt[1], kind)
-                auth = PyBytes_FromStringAndSize(<const char*>pkt + 4, 16)
-                entry = entries.get(key)
                 # Same key and authenticator: a retransmission, answered from the cache by the
                 # Python path. Same key, new authenticator: a new request that reuses the
                 # Identifier, and its reply replaces the entry.
-                if entry is not None and entry[0] == auth:
+                if cache.holds(key, pkt + 4):
                     continue
                 if kind == AUTH and enabled:
                     wire = None
@@ -303,12 +317,12 @@ cdef class Lane:
                     if wire is not None:
                         self._queue_name(k, wire, self.rx_names + <size_t>i * NAME,
                                          self.rx_msg[i].msg_hdr.msg_namelen)
-                        if seconds > 0:
-                            if expires is None:
-                                expires = cache.clock() + seconds
-                            if entry is not None:
-                                del entries[key]  # re-inserted last: the cache is oldest first
-                            entries[key] = (auth, wire, expires)
+                        if caching:
+                            if not stamped:
+                                stamped = True
+                                now = cache.clock()
+                                expires = now + cache.seconds
+                            cache.put(key, pkt + 4, wire, expires)
                         fate[i] = 1
                         answered += 1
                         if self.tx_len >= EARLY_SEND:
@@ -318,7 +332,8 @@ cdef class Lane:
                     continue
                 # Writes: accounting, and the Access-Requests the read lane declined (number
                 # authorizations among them).
-                if key in held_keys:
+                key_bytes = PyBytes_FromStringAndSize(<const char*>key, KEY_SIZE)
+                if key_bytes in held_keys:
                     writing = False  # the same Identifier twice in one batch: keep it simple
                     continue
                 wire = None
@@ -327,9 +342,9 @@ cdef class Lane:
                         wbegan = True
                         write.begin()
                     if kind == ACCT:
-                        wire = write.account(pkt, n, client, addr[0])
+                        wire = write.account(pkt, n, client, self._ip_text(i))
                     else:
-                        wire = write.authorize(pkt, n, client, addr[0])
+                        wire = write.authorize(pkt, n, client, self._ip_text(i))
                 except Exception as exc:
                     writing = False
                     self._drop_held(held, fate)
@@ -340,8 +355,9 @@ cdef class Lane:
                     if not write.inert:
                         writing = False
                     continue
-                held.append((i, key, auth, wire))
-                held_keys.add(key)
+                held_at[len(held)] = i
+                held.append(wire)
+                held_keys.add(key_bytes)
                 fate[i] = 2
             if wbegan and held:
                 try:
@@ -356,19 +372,24 @@ cdef class Lane:
                 fast.end()
             if wbegan and not committed:
                 write.abort()
-        for i, key, auth, wire in held:  # durable now: release the replies
-            self._queue_name(self.rx_sock[i], wire, self.rx_names + <size_t>i * NAME,
-                             self.rx_msg[i].msg_hdr.msg_namelen)
-            if self.kinds[self.rx_sock[i]] == ACCT:
+        for j in range(len(held)):  # durable now: release the replies
+            i = held_at[j]
+            wire = held[j]
+            k = self.rx_sock[i]
+            self._queue_name(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
+            if self.kinds[k] == ACCT:
                 self.accounted += 1
-            if seconds > 0:
-                if expires is None:
-                    expires = cache.clock() + seconds
-                entries.pop(key, None)
-                entries[key] = (auth, wire, expires)
+            if caching:
+                if not stamped:
+                    stamped = True
+                    now = cache.clock()
+                    expires = now + cache.seconds
+                pkt = self.rx + <size_t>i * SLOT
+                sockaddr_key(<const sockaddr*>(self.rx_names + <size_t>i * NAME), pkt[1], self.kinds[k], key)
+                cache.put(key, pkt + 4, wire, expires)
         answered += len(held)
-        if expires is not None:
-            cache.expire()
+        if stamped:
+            cache.trim(now)
         for i in range(self.received):
             if fate[i] == 0:
                 k = self.rx_sock[i]
@@ -379,28 +400,42 @@ cdef class Lane:
 
     cdef int _drop_held(self, list held, uint8_t* fate) except -1:
         """The write transaction is lost: what it held goes to the Python path."""
-        for item in held:
-            fate[<int>item[0]] = 0
+        cdef Py_ssize_t j
+        for j in range(len(held)):
+            fate[self.held_at[j]] = 0
         del held[:]
         return 0
 
-    cdef object _client(self, tuple addr):
-        """`config.client_for(ip)`, memoised per source address until the config is replaced."""
-        try:
-            return self.clients[addr[0]]
-        except KeyError:
-            pass
-        client = self.config.client_for(addr[0])
+    cdef object _client_at(self, int i):
+        """`config.client_for(ip)` of datagram i's source, memoised until the config is replaced
+        (IPv4 sources by their 32-bit address, so a hit builds no text)."""
+        cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
+        cdef object host
+        cdef PyObject* hit
+        if sa.sa_family == AF_INET:
+            host = ntohl((<const sockaddr_in*>sa).sin_addr.s_addr)
+            hit = PyDict_GetItem(self.clients4, host)
+            if hit != NULL:
+                return <object>hit
+            client = self.config.client_for(self._ip_text(i))
+            if len(self.clients4) > 65536:
+                self.clients4.clear()
+            self.clients4[host] = client
+            return client
+        ip = self._ip_text(i)
+        hit = PyDict_GetItem(self.clients, ip)
+        if hit != NULL:
+            return <object>hit
+        client = self.config.client_for(ip)
         if len(self.clients) > 65536:
             self.clients.clear()
-        self.clients[addr[0]] = client
+        self.clients[ip] = client
         return client
 
-    cdef object _address(self, int i):
-        """The source as Python's socket module reports it: (ip, port) or (ip, port, flow, scope)."""
+    cdef str _ip_text(self, int i):
+        """Datagram i's source address as text, as the socket module reports it (IPv4 memoised)."""
         cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
         cdef const sockaddr_in* v4
-        cdef const sockaddr_in6* v6
         cdef char text[ADDR_TEXT]
         cdef uint32_t host
         if sa.sa_family == AF_INET:
@@ -413,11 +448,21 @@ cdef class Lane:
                 if len(self.ip_text) > 65536:
                     self.ip_text.clear()
                 self.ip_text[host] = ip
-            return (ip, ntohs(v4.sin_port))
+            return ip
+        if sa.sa_family == AF_INET6:
+            inet_ntop(AF_INET6, &(<const sockaddr_in6*>sa).sin6_addr, text, ADDR_TEXT)
+            return text.decode("ascii")
+        raise PacketError(f"datagram from address family {sa.sa_family}", "unknown_client")
+
+    cdef object _address(self, int i):
+        """The source as Python's socket module reports it: (ip, port) or (ip, port, flow, scope)."""
+        cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
+        cdef const sockaddr_in6* v6
+        if sa.sa_family == AF_INET:
+            return (self._ip_text(i), ntohs((<const sockaddr_in*>sa).sin_port))
         if sa.sa_family == AF_INET6:
             v6 = <const sockaddr_in6*>sa
-            inet_ntop(AF_INET6, &v6.sin6_addr, text, ADDR_TEXT)
-            return (text.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
+            return (self._ip_text(i), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
         raise PacketError(f"datagram from address family {sa.sa_family}", "unknown_client")
 
     # -- send -----------------------------------------------------------------------------------

@@ -71,3 +71,11 @@ def load_lane():
             raise
         return None
     return _lane
+
+
+def load_lane_cache():
+    """`radcore._dupcache.DuplicateCache`, the duplicate cache `radcore._lane` needs: the same API
+    as `radcore.dupcache.DuplicateCache`, with entries the lane can key from a sockaddr in C."""
+    from ._dupcache import DuplicateCache
+
+    return DuplicateCache

@@ -180,7 +180,6 @@ class Worker:
         self.recorder = recorder
         self.socks = ((auth_sock, AUTH), (acct_sock, ACCT))
         self.parent_pid = parent_pid
-        self.cache = DuplicateCache(config.server.duplicate_cache_seconds)
         self.clock = default_clock()
         self.ratelog = RateLimitedLog(log)
         self._stopping = False
@@ -190,6 +189,10 @@ class Worker:
         # plugged in; `handle_batch` stays the reference and takes whatever they decline.
         lane = fastpath.load_lane()
         self.lane = lane.Lane(list(self.socks), config.server.batch_max) if lane is not None else None
+        # The lane keys its duplicate cache straight from each datagram's sockaddr, so it needs the C
+        # one; the Python path shares it through the reference's API (radcore.dupcache).
+        cache_type = fastpath.load_lane_cache() if lane is not None else DuplicateCache
+        self.cache = cache_type(config.server.duplicate_cache_seconds)
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
         self.fast_write = getattr(handler, "fast_write", None) if self.lane is not None else None
         if self.lane is not None:
@@ -216,10 +219,10 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
             if sigmask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
-            # What exists now (config, handler, store handles, the duplicate cache's map) lives as long
-            # as the worker, so the cyclic collector need not walk it again: a full collection walked
-            # the 65,536-entry duplicate cache in about 15 ms, a latency spike every few seconds at
-            # tens of thousands of requests per second; frozen, it takes microseconds.
+            # What exists now (config, handler, store handles, memo dicts) lives as long as the
+            # worker, so the cyclic collector need not walk it again: a full collection once walked
+            # the reference's 65,536-entry duplicate cache in about 15 ms, a latency spike every few
+            # seconds at tens of thousands of requests per second; frozen, it takes microseconds.
             gc.collect()
             gc.freeze()
             next_tick = time.monotonic()

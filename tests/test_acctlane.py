@@ -397,7 +397,8 @@ def test_a_write_lane_failure_hands_its_part_of_the_batch_to_the_python_path(wor
     from helpers_server import loopback_pair
     from radcore._acctlane import WriteLane
     from radcore._lane import Lane
-    from radcore.dupcache import ACCT, DuplicateCache
+    from radcore._dupcache import DuplicateCache
+    from radcore.dupcache import ACCT
 
     class BrokenStore:
         cards = sessions = session_deadlines = cdrs = None

@@ -310,7 +310,8 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
     from helpers_server import loopback_pair
     from radcore._cardauth import CardAuthLane
     from radcore._lane import Lane
-    from radcore.dupcache import AUTH, DuplicateCache
+    from radcore._dupcache import DuplicateCache
+    from radcore.dupcache import AUTH
 
     class BrokenStore:
         cards = None
@@ -342,6 +343,40 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
         assert sorted(r[1] for r in replies) == sorted(r[1] for r in raws)
 
 
+def test_the_lane_fills_the_shared_duplicate_cache_within_its_bound(world):
+    """The lane stores each answer under the key the Python path looks up (the source's text, port,
+    Identifier and kind), newest first to survive, and never holds more than `max_entries`, even
+    when one batch answers more requests than that."""
+    from helpers_server import loopback_pair
+    from radcore._dupcache import DuplicateCache
+    from radcore._lane import Lane
+    from radcore.dupcache import AUTH
+
+    world.add_series(45, quantity=1, initial_status=CardStatus.ACTIVATED)
+    with loopback_pair() as (server, nas):
+        lane = Lane([(server, AUTH)], 16)
+        raws = []
+        while len(raws) < 6:  # distinct Identifiers: six keys
+            raw = request(user=b"45-000000000", pin=world.pins[45][0].encode())
+            if raw[1] not in {r[1] for r in raws}:
+                raws.append(raw)
+        for raw in raws:
+            nas.sendto(raw, server.getsockname())
+        time.sleep(0.05)  # loopback has delivered by now; this is only slack for a loaded machine
+        assert lane.receive([0]) == 6
+        cache = DuplicateCache(30, max_entries=4)
+        answered, rest = lane.serve(world.handler.fast_answer, world.config, cache)
+        assert (answered, rest, len(cache)) == (6, [], 4)
+        lane.flush()
+        nas.settimeout(3)
+        replies = {r[1]: r for r in (nas.recv(4096) for _ in range(6))}
+        host, port = "127.0.0.1", nas.getsockname()[1]
+        for raw in raws[:2]:
+            assert cache.lookup((host, port, raw[1], AUTH), raw[4:20]) is None, "evicted, oldest first"
+        for raw in raws[2:]:
+            assert cache.lookup((host, port, raw[1], AUTH), raw[4:20]) == replies[raw[1]]
+
+
 def _has_ipv6_loopback() -> bool:
     import socket
 
@@ -360,7 +395,8 @@ def test_ipv6_sources_are_answered_by_the_lane_and_by_the_python_path(tmp_path):
     import socket
 
     from radcore._lane import Lane
-    from radcore.dupcache import AUTH, DuplicateCache
+    from radcore._dupcache import DuplicateCache
+    from radcore.dupcache import AUTH
 
     world = make_world(tmp_path, EXTRA_CLIENTS + f"""
 [[clients]]

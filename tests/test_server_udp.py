@@ -3,7 +3,7 @@ sockets, pyrad and radcore's client codec as NASes, counters read from /metrics 
 
 In-process tests at the end drive one `Worker` over real sockets for the cases a subprocess cannot
 make deterministic (several copies of a request in one batch, a failing handler, an unencodable
-reply), and unit-test the duplicate cache and the metrics block.
+reply), and unit-test the batch deduper and the metrics block.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import pytest
 
 from radcore import dictionary as d
 from radcore import packet
-from radcore.clock import FixedClock
-from radcore.dupcache import AUTH, BatchDeduper, DuplicateCache
+from radcore.dupcache import AUTH, BatchDeduper
 from radcore.metrics import RateLimitedLog, SharedMetrics
 
 SECRET = hs.SECRET.encode()
@@ -442,31 +441,7 @@ def test_no_store_handler():
 
 
 # ---------------------------------------------------------------------------------------------
-# Units: duplicate cache, metrics block, rate-limited log
-
-
-def test_duplicate_cache_window_replacement_and_bound():
-    clock = FixedClock(1000)
-    cache = DuplicateCache(30, max_entries=3, clock=clock)
-    key = ("10.0.0.1", 4000, 7, AUTH)
-    cache.store(key, b"A" * 16, b"reply-a")
-    assert cache.lookup(key, b"A" * 16) == b"reply-a"
-    assert cache.lookup(key, b"B" * 16) is None, "a new authenticator is a new request"
-    cache.store(key, b"B" * 16, b"reply-b")
-    assert cache.lookup(key, b"A" * 16) is None and cache.lookup(key, b"B" * 16) == b"reply-b"
-    clock.advance(30)
-    assert cache.lookup(key, b"B" * 16) is None and len(cache) == 0, "expired at the window's end"
-    for port in range(5):
-        cache.store(("10.0.0.1", port, 1, AUTH), b"A" * 16, b"r%d" % port)
-    assert len(cache) == 3 and cache.lookup(("10.0.0.1", 0, 1, AUTH), b"A" * 16) is None
-    assert cache.lookup(("10.0.0.1", 4, 1, AUTH), b"A" * 16) == b"r4"
-    cache.discard(("10.0.0.1", 4, 1, AUTH))
-    assert cache.lookup(("10.0.0.1", 4, 1, AUTH), b"A" * 16) is None
-    clock.advance(31)
-    assert cache.expire() == 2 and len(cache) == 0
-    off = DuplicateCache(0, clock=clock)
-    off.store(key, b"A" * 16, b"r")
-    assert off.lookup(key, b"A" * 16) is None
+# Units: batch deduper, metrics block, rate-limited log
 
 
 def test_batch_deduper():
