@@ -21,6 +21,9 @@ How the work is kept small:
 - Identifiers are tracked per socket: 256 of them, handed out from a FIFO ring so that an Identifier
   freed by a timeout is reused as late as possible (a late reply then finds no request, or fails
   verification against the new one's authenticator, and is counted, not mistaken for an answer).
+- A request's latency runs from just before the sendmmsg that sent it to its reply's arrival as the
+  kernel stamped it (SO_TIMESTAMPNS), not to when this process got round to reading it: at high rates
+  the generator is busy building and verifying other packets, and that wait is not the server's.
 - Latencies go into log-linear histograms (64 sub-buckets per power of two: under 1.6% error) that
   sum across processes, so percentiles of a multi-process run are exact merges, not averages.
 
@@ -35,12 +38,28 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 
 from radcore._mmsg cimport (AF_INET, MSG_DONTWAIT, htons, inet_pton, iovec, mmsghdr, recvmmsg, sendmmsg,
                             sockaddr_in)
 
 import os
+
+
+cdef extern from "<sys/socket.h>":
+    # Kernel receive timestamps (socket(7) SO_TIMESTAMPNS): a reply's arrival time, whatever this
+    # process was doing when it arrived.
+    cdef struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr* CMSG_FIRSTHDR(void* msgh) nogil
+    cmsghdr* CMSG_NXTHDR(void* msgh, cmsghdr* cmsg) nogil
+    unsigned char* CMSG_DATA(cmsghdr* cmsg) nogil
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int length)
 
 
 cdef extern from "<poll.h>":
@@ -182,6 +201,7 @@ cdef enum:
     RX_SLOT = 4096          # octets per receive buffer: a whole RADIUS packet
     N_IDS = 256
     SCAN_NS = 5000000       # timeout scan and signal check every 5 ms
+    RX_CONTROL = 64         # ancillary data per received datagram: one SCM_TIMESTAMPNS (32 octets)
 
 OPS = ("card-auth", "number-auth", "acct-start", "acct-stop")
 MODES = ("card-auth", "number-auth", "acct", "call", "mixed")
@@ -208,6 +228,7 @@ _MIXED[:] = [3, 3, 0, 3]
 
 cdef struct Flow:
     int64_t sent_ns         # when the outstanding request was sent
+    int64_t sent_rt         # the same on the realtime clock, just before its sendmmsg (latency origin)
     int64_t start_ns        # when the flow's first request was sent
     uint64_t call           # call number, unique in this process; feeds the session identifiers
     int32_t card            # index into the card table
@@ -235,6 +256,24 @@ cdef inline int64_t _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t _realtime() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t _arrival(mmsghdr* msg) noexcept nogil:
+    """The kernel's receive timestamp of a datagram (realtime ns), or 0 if it brought none."""
+    cdef cmsghdr* c = CMSG_FIRSTHDR(&msg.msg_hdr)
+    cdef timespec ts
+    while c != NULL:
+        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+            memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+            return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+        c = CMSG_NXTHDR(&msg.msg_hdr, c)
+    return 0
 
 
 cdef inline void _put16(uint8_t* p, uint32_t v) noexcept nogil:
@@ -325,6 +364,7 @@ cdef class Engine:
     cdef mmsghdr txm[BATCH]
     cdef iovec txv[BATCH]
     cdef mmsghdr rxm[BATCH]
+    cdef uint8_t rxc[BATCH][RX_CONTROL]
     cdef iovec rxv[BATCH]
     cdef int tx_flow[BATCH]
     # state
@@ -427,9 +467,11 @@ cdef class Engine:
         self.hist = <uint64_t*>calloc((N_OPS + 2) * LG_HIST_BUCKETS, sizeof(uint64_t))
         if not self.socks or not self.pfds or not self.tx or not self.rx or not self.scratch or not self.hist:
             raise MemoryError()
+        cdef int one = 1
         for s in range(self.nsocks):
             sk = &self.socks[s]
             sk.fd = fds[s]
+            setsockopt(sk.fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(int))  # without it: user-space stamps
             self.pfds[s].fd = fds[s]
             self.pfds[s].events = POLLIN
             sk.nflows = self.window
@@ -640,6 +682,7 @@ cdef class Engine:
             n += 1
         if n == 0:
             return 0
+        cdef int64_t before = _realtime()
         r = sendmmsg(sk.fd, self.txm, n, MSG_DONTWAIT)
         if r < 0:
             if errno != EAGAIN and errno != EINTR:
@@ -651,6 +694,7 @@ cdef class Engine:
             if k < r:
                 op = _PROGRAMS[f.program][f.step]
                 f.sent_ns = now
+                f.sent_rt = before
                 if f.step == 0:
                     f.start_ns = now
                 if now >= self.warm_end:
@@ -672,19 +716,25 @@ cdef class Engine:
         """Drain socket `si`; returns the number of datagrams read."""
         cdef Sock* sk = &self.socks[si]
         cdef int r, k, total = 0
-        cdef int64_t now
+        cdef int64_t now, read_rt, arrived
         while True:
+            for k in range(BATCH):
+                self.rxm[k].msg_hdr.msg_control = self.rxc[k]
+                self.rxm[k].msg_hdr.msg_controllen = RX_CONTROL
             r = recvmmsg(sk.fd, self.rxm, BATCH, MSG_DONTWAIT, NULL)
             if r <= 0:
                 return total
             now = _now()
+            read_rt = _realtime()
             for k in range(r):
-                self._reply(sk, self.rx + k * RX_SLOT, self.rxm[k].msg_len, now)
+                arrived = _arrival(&self.rxm[k])
+                self._reply(sk, self.rx + k * RX_SLOT, self.rxm[k].msg_len, now,
+                            arrived if arrived > 0 else read_rt)
             total += r
             if r < BATCH:
                 return total
 
-    cdef void _reply(self, Sock* sk, uint8_t* pkt, Py_ssize_t n, int64_t now) noexcept:
+    cdef void _reply(self, Sock* sk, uint8_t* pkt, Py_ssize_t n, int64_t now, int64_t arrived) noexcept:
         cdef int ident, fi, op, code, ok
         cdef Flow* f
         cdef Py_ssize_t length, pos, ma = -1, alen
@@ -730,7 +780,7 @@ cdef class Engine:
                 credit = True       # Cisco h323-credit-amount
             pos += alen
         if pos != length:
-            self._finish(sk, f, fi, op, 2, now)
+            self._finish(sk, f, fi, op, 2, now, arrived)
             return
         if ma >= 0:
             memcpy(self.scratch, pkt, length)
@@ -738,7 +788,7 @@ cdef class Engine:
             memset(self.scratch + ma, 0, 16)
             lg_hmac_run(&self.hmac, self.scratch, length, digest)
             if memcmp(digest, pkt + ma, 16) != 0:
-                self._finish(sk, f, fi, op, 2, now)
+                self._finish(sk, f, fi, op, 2, now, arrived)
                 return
         code = pkt[0]
         if op <= OP_NUMBER_AUTH:
@@ -747,12 +797,14 @@ cdef class Engine:
                 self.no_credit += 1
         else:
             ok = 0 if code == 5 else 2
-        self._finish(sk, f, fi, op, ok, now)
+        self._finish(sk, f, fi, op, ok, now, arrived)
 
-    cdef void _finish(self, Sock* sk, Flow* f, int fi, int op, int outcome, int64_t now) noexcept:
-        """Account for the answer (0 ok, 1 reject, 2 bad) and move the flow on."""
+    cdef void _finish(self, Sock* sk, Flow* f, int fi, int op, int outcome, int64_t now,
+                      int64_t arrived) noexcept:
+        """Account for the answer (0 ok, 1 reject, 2 bad) and move the flow on; its latency runs from
+        just before the request's sendmmsg to the reply's arrival (realtime ns)."""
         cdef bint measured = now >= self.warm_end and now <= self.end_ns
-        cdef uint64_t lat = <uint64_t>(now - f.sent_ns)
+        cdef uint64_t lat = <uint64_t>(arrived - f.sent_rt if arrived > f.sent_rt else 0)
         self._give_id(sk, f.ident)
         f.ident = -1
         sk.inflight -= 1

@@ -364,7 +364,7 @@ PROFILE_RULES = (  # first match walking from the innermost frame outwards decid
     ("idle (waiting in epoll)", ("epoll_wait", "select_epoll_poll", "EpollSelector")),
     ("codec (_fastpath, Cython)", ("_fastpath",)),
     ("card-auth lane (C: _cardauth)", ("_cardauth", "_sha256")),
-    ("accounting lane (C: _acctlane)", ("_acctlane",)),
+    ("accounting lane (C: _acctlane)", ("_acctlane", "_reserve.pxi", "_sessions.pxi", "WriteLane_")),
     ("batch loop and duplicate cache (C: _lane, _dupcache)", ("_lane.pyx", "radcore/_lane", "_lane.cpython",
                                                               "_dupcache")),
     ("PIN check (HMAC-SHA256 in keys.py)", ("radcore/keys.py",)),
