@@ -36,6 +36,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
+from libc.stdint cimport int64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
                             mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
@@ -52,6 +54,21 @@ cdef enum:
     MAX_SOCKETS = 8
     ADDR_TEXT = 64          # INET6_ADDRSTRLEN (46) with room to spare
     EARLY_SEND = 32         # lane answers go out in runs of this many, not at the end of the batch
+
+cdef extern from "<poll.h>":
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int POLLIN
+    int poll(pollfd* fds, unsigned long nfds, int timeout) nogil
+
+
+cdef inline int64_t _monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
 
 #: The port kinds of radcore.dupcache (duplicate-cache key classes).
 cdef int AUTH = 0
@@ -217,6 +234,29 @@ cdef class Lane:
             nactive = still
         self.received = total
         return total
+
+    def spin(self, double seconds):
+        """Poll the sockets without sleeping for up to `seconds`; the indexes of those with datagrams.
+
+        A worker that has just answered a batch calls this before it blocks in epoll: more requests
+        usually follow within microseconds, and reading them straight away saves the wakeup of a
+        sleeping process (tens of microseconds on a virtual machine, where an idle vCPU is halted).
+        """
+        cdef pollfd pfds[MAX_SOCKETS]
+        cdef int k, got
+        cdef int64_t deadline = _monotonic_ns() + <int64_t>(seconds * 1e9)
+        for k in range(self.nsocks):
+            pfds[k].fd = self.fds[k]
+            pfds[k].events = POLLIN
+        while True:
+            with nogil:
+                got = poll(pfds, self.nsocks, 0)
+            if got > 0:
+                return [k for k in range(self.nsocks) if pfds[k].revents & POLLIN]
+            if got < 0 and errno != EINTR:
+                return []
+            if _monotonic_ns() >= deadline:
+                return []
 
     cdef int _recv(self, int k, int first, int want, int* err) noexcept:
         cdef int i, got

@@ -1,6 +1,7 @@
 """The RADIUS data plane: a supervisor process and N forked UDP workers sharing ports.
 
-Per wakeup a worker drains up to `batch_max` datagrams from its auth and acct sockets, then does
+Per wakeup a worker drains up to `batch_max` datagrams from its auth and acct sockets (and, having
+answered them, polls for `busy_poll_us` before it sleeps again), then does
 everything per batch: client lookup and duplicate detection per datagram (dict hits), one
 `fastpath.parse_batch`, one `handler.handle` (the prepaid engine's single LMDB transaction: group
 commit), one `fastpath.encode_responses`, then one `sendto` per reply. Replies leave only after
@@ -195,6 +196,8 @@ class Worker:
         self.cache = cache_type(config.server.duplicate_cache_seconds)
         self.fast = getattr(handler, "fast_answer", None) if self.lane is not None else None
         self.fast_write = getattr(handler, "fast_write", None) if self.lane is not None else None
+        # Poll before sleeping (ServerConfig.busy_poll_us): a C loop over poll(2), so only with the lane.
+        self.busy_poll = config.server.busy_poll_us / 1e6 if self.lane is not None else 0.0
         if self.lane is not None:
             self.lane.on_recv_error = self._on_recv_error
             self.lane.on_lane_error = self._on_lane_error
@@ -226,15 +229,17 @@ class Worker:
             gc.collect()
             gc.freeze()
             next_tick = time.monotonic()
+            ready: list[int] = []
             while not self._stopping:
-                ready = []
-                for key, _ in sel.select(max(0.0, next_tick - time.monotonic())):
-                    if key.data is None:
-                        _drain(wake_r)
-                    else:
-                        ready.append(key.data)
+                if not ready:
+                    for key, _ in sel.select(max(0.0, next_tick - time.monotonic())):
+                        if key.data is None:
+                            _drain(wake_r)
+                        else:
+                            ready.append(key.data)
                 if ready:
                     self._serve(ready)
+                    ready = self.lane.spin(self.busy_poll) if self.busy_poll > 0 else []
                 if self._reload:
                     self._reload_clients()
                 if time.monotonic() >= next_tick:

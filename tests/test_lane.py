@@ -343,6 +343,32 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
         assert sorted(r[1] for r in replies) == sorted(r[1] for r in raws)
 
 
+def test_spin_reports_the_sockets_that_receive_within_the_window_and_nothing_after_it():
+    """The worker polls before sleeping: a datagram that arrives during the window is reported by
+    socket index; with none, the call returns empty once the window is over, not before."""
+    import socket
+    import threading
+
+    from helpers_server import loopback_pair
+    from radcore._lane import Lane
+    from radcore.dupcache import ACCT, AUTH
+
+    with loopback_pair() as (auth, nas), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as acct:
+        acct.bind(("127.0.0.1", 0))
+        acct.setblocking(False)
+        lane = Lane([(auth, AUTH), (acct, ACCT)], 8)
+        started = time.monotonic()
+        assert lane.spin(0.02) == []
+        assert time.monotonic() - started >= 0.02
+        sender = threading.Timer(0.01, nas.sendto, (b"x" * 20, acct.getsockname()))
+        sender.start()
+        try:
+            assert lane.spin(5.0) == [1]
+        finally:
+            sender.join()
+        assert lane.receive([1]) == 1
+
+
 def test_the_lane_fills_the_shared_duplicate_cache_within_its_bound(world):
     """The lane stores each answer under the key the Python path looks up (the source's text, port,
     Identifier and kind), newest first to survive, and never holds more than `max_entries`, even
