@@ -46,6 +46,14 @@ from collections import Counter
 from pathlib import Path
 
 from bench import loadgen
+from bench.machine import (
+    code_state,
+    cpu_model,
+    cpu_times,
+    fsync_probe,
+    loadavg,
+    steal_percent,
+)
 from bench.provision import provision
 from bench.servers import SECRET, FreeRadiusServer, PyradServer, RadcoreServer
 
@@ -69,12 +77,13 @@ def shape(window: int, procs: int, max_sockets: int = 8) -> tuple[int, int, int]
 
 def run_cell(server, cards, mode: str, window: int, args) -> dict:
     procs, sockets, per_socket = shape(window, len(args.load_cpus))
-    before = server.counters()
+    before, cpu_before = server.counters(), cpu_times()
     summary = loadgen.run_load(auth=server.auth, acct=server.acct, secret=SECRET.encode(), cards=cards,
                                mode=mode, window=per_socket, sockets=sockets, procs=procs,
                                duration=args.duration, warmup=args.warmup, timeout=args.timeout,
                                cpus=args.load_cpus)
     after = server.counters()
+    summary["steal_pct"] = steal_percent(cpu_before, cpu_times())
     if before and after and after["batches"] > before["batches"]:
         summary["server_batch_avg"] = round((after["replies"] - before["replies"])
                                             / (after["batches"] - before["batches"]), 1)
@@ -90,7 +99,8 @@ def compact(run: dict) -> dict:
     return {"server": run["server"], "mode": run["mode"], "window": run["window"], "round": run["round"],
             "in_flight": run["in_flight"], "requests_per_s": run["requests_per_s"], "p50": lat["p50"],
             "p99": lat["p99"], "p99.9": lat["p99.9"], "rejects": c["rejects"], "timeouts": c["timeouts"],
-            "bad": c["bad"], "batch_avg": run.get("server_batch_avg"), "loadgen_cores": run["loadgen_cores"]}
+            "bad": c["bad"], "batch_avg": run.get("server_batch_avg"), "loadgen_cores": run["loadgen_cores"],
+            "steal_pct": run.get("steal_pct")}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -143,16 +153,20 @@ def half_peak_latency(server, cards, by_window: dict, args, log) -> dict:
     procs, sockets, per_socket = shape(window, len(args.load_cpus))
     runs = []
     for _ in range(args.rounds):
+        cpu_before = cpu_times()
         runs.append(loadgen.run_load(auth=server.auth, acct=server.acct, secret=SECRET.encode(), cards=cards,
                                      mode="card-auth", window=per_socket, sockets=sockets, procs=procs,
                                      rate=rate, duration=args.duration, warmup=args.warmup,
                                      timeout=args.timeout, cpus=args.load_cpus))
+        runs[-1]["steal_pct"] = steal_percent(cpu_before, cpu_times())
     run = sorted(runs, key=lambda r: r["latency_us"]["p99"])[len(runs) // 2]
     lat = run["latency_us"]
     log(f"radcore card-auth at half its peak ({rate:,.0f} req/s): {run['requests_per_s']:,.0f} req/s answered, "
         f"p50 {loadgen._us(lat['p50'])} µs, p99 {loadgen._us(lat['p99'])} µs")
     return {"rate": round(rate), "requests_per_s": run["requests_per_s"], "p50": lat["p50"], "p99": lat["p99"],
-            "p99.9": lat["p99.9"], "timeouts": run["counts"]["timeouts"], "rounds_p99": [r["latency_us"]["p99"] for r in runs]}
+            "p99.9": lat["p99.9"], "timeouts": run["counts"]["timeouts"], "steal_pct": run.get("steal_pct"),
+            "rounds_p99": [r["latency_us"]["p99"] for r in runs],
+            "rounds_steal_pct": [r.get("steal_pct") for r in runs]}
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -256,7 +270,9 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         out += [(f"Card auth at a fixed {half['rate']:,} req/s, half of radcore's peak (target: p99 under 1 ms): "
                  f"{half['requests_per_s']:,.0f} req/s answered, p50 {us(half['p50'])} µs, p99 {us(half['p99'])} µs, "
                  f"p99.9 {us(half['p99.9'])} µs, {half['timeouts']} timeouts (median of the rounds by p99): "
-                 f"**{'met' if half['p99'] < 1000 else 'not met'}**."), ""]
+                 f"**{'met' if half['p99'] < 1000 else 'not met'}**. CPU steal during that run: "
+                 f"{_pct(half.get('steal_pct'))}; p99 per round: "
+                 f"{', '.join(us(p) + ' µs' for p in half.get('rounds_p99', []))}."), ""]
 
     out += ["## Peak throughput per mode", "",
             "Best median req/s over the windows, its latency, and p50 at one request in flight.", ""]
@@ -297,15 +313,23 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
                 rows.append([mode, server, str(run["in_flight"]), f"{run['requests_per_s']:,.0f}",
                              us(lat["p50"]), us(lat["p99"]), us(lat["p99.9"]), str(c["rejects"]),
                              str(c["timeouts"]), str(c["bad"]), str(run.get("server_batch_avg", "-")),
-                             str(run["loadgen_cores"])])
+                             str(run["loadgen_cores"]), _pct(run.get("steal_pct"))])
     out += [loadgen.markdown_table(("mode", "server", "in flight", "req/s", "p50 µs", "p99 µs", "p99.9 µs",
-                                    "rejects", "timeouts", "bad", "batch avg", "loadgen cores"), rows), ""]
+                                    "rejects", "timeouts", "bad", "batch avg", "loadgen cores", "steal"),
+                                   rows), ""]
     out += [("Columns: req/s counts answered requests (Accept, Reject, Accounting-Response) that passed "
              "Response Authenticator and Message-Authenticator checks; `bad` are replies that failed them or "
              "were malformed; `timeouts` got no answer within the timeout (nothing is retransmitted); "
              "`batch avg` is radcore's replies per batch from its /metrics; `loadgen cores` is the CPU the "
-             "load generator used, to show it was not the bottleneck."), ""]
+             "load generator used, to show it was not the bottleneck; `steal` is the share of the machine's "
+             "CPU time the hypervisor gave to other guests during the run (/proc/stat): on a shared virtual "
+             "machine, stalls that no server can avoid. Latency runs from just before a request's sendmmsg "
+             "to its reply's kernel receive timestamp."), ""]
     return "\n".join(out)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
 
 
 def plot(agg: dict, meta: dict, path: Path) -> bool:
@@ -561,7 +585,7 @@ def main(argv=None) -> int:
             log(f"starting {name} ...")
             servers[name] = factories[name]().start()
         meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()} {_cpu_model()}",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()} {cpu_model()}",
             "cpus": os.cpu_count(), "python": platform.python_version(), "cards": args.cards,
             "duration": args.duration, "warmup": args.warmup, "timeout": args.timeout, "rounds": args.rounds,
             "windows": args.windows, "modes": args.modes, "servers": list(servers),
@@ -571,13 +595,13 @@ def main(argv=None) -> int:
             "notes": _notes(args, ncpu),
             "fdatasync_us": fsync_probe(work),
             "code": code_state(),
-            "loadavg_start": _loadavg(),
+            "loadavg_start": loadavg(),
         }
         log(f"fdatasync on {work}: p50 {meta['fdatasync_us']['p50']} µs, p99 {meta['fdatasync_us']['p99']} µs")
         result = {"meta": meta}
         if not args.profile_only:
             runs = run_matrix(servers, cards, args, log)
-            meta["loadavg_end"] = _loadavg()
+            meta["loadavg_end"] = loadavg()
             if code_state()["radcore_sha256"] != meta["code"]["radcore_sha256"]:
                 meta["notes"].append("radcore's source changed while this ran: the servers kept the code "
                                      "they started with, but rerun to be sure what was measured.")
@@ -604,28 +628,6 @@ def main(argv=None) -> int:
         for s in servers.values():
             s.stop()
     return 0
-
-
-def fsync_probe(directory: Path, count: int = 100) -> dict:
-    """fdatasync latency of a 4 KiB overwrite in `directory`: what one durable commit waits for (LMDB
-    with metasync waits for two per commit)."""
-    path = directory / "fsync-probe.bin"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, bytes(1 << 20))
-        os.fdatasync(fd)
-        lat = []
-        for i in range(count):
-            os.pwrite(fd, os.urandom(4096), (i % 256) * 4096)
-            t = time.perf_counter()
-            os.fdatasync(fd)
-            lat.append((time.perf_counter() - t) * 1e6)
-    finally:
-        os.close(fd)
-        path.unlink()
-    lat.sort()
-    return {"p50": round(lat[len(lat) // 2]), "p90": round(lat[int(len(lat) * 0.9)]),
-            "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))])}
 
 
 def render(path: Path, out: Path) -> int:
@@ -660,44 +662,6 @@ def _notes(args, ncpu: int) -> list[str]:
         notes.append("Only 2 CPUs: the server and the load generator each get one; the machine is shared "
                      "and noisy, so compare ratios within this run, not absolute numbers across runs.")
     return notes
-
-
-def code_state() -> dict:
-    """What was measured: the commit, files changed since, and a digest of radcore's sources."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "radcore").glob("*.py*")):
-        if path.suffix in (".py", ".pyx", ".pxd"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "changed": git("status", "--porcelain", "--", "radcore").splitlines(),
-            "radcore_sha256": digest.hexdigest()[:16]}
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

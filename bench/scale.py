@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 from bench import loadgen
-from bench.compare import RESULTS, _cpu_list, _loadavg, code_state, shape
-from bench.servers import SECRET, RadcoreServer
+from bench.compare import RESULTS, _cpu_list, shape
+from bench.machine import code_state, loadavg
 from bench.provision import provision
+from bench.servers import SECRET, RadcoreServer
 
 
 def sample_cards(manifest: dict, count: int, out: Path) -> Path:
@@ -117,7 +118,7 @@ def run(args) -> dict:
     return {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": sizes,
                      "sample": args.sample, "windows": args.windows, "rounds": args.rounds,
                      "duration": args.duration, "server_cpus": args.server_cpus,
-                     "load_cpus": args.load_cpus, "loadavg_end": _loadavg(), "code": code_state()},
+                     "load_cpus": args.load_cpus, "loadavg_end": loadavg(), "code": code_state()},
             "runs": runs, "memory": memories, "store": stores}
 
 
