@@ -109,6 +109,9 @@ cdef class WriteAnswer:
         return 0
 
 
+include "_outbox.pxi"
+
+
 cdef class Lane:
     """One worker's sockets and batch buffers (see the module docstring)."""
 
@@ -126,16 +129,7 @@ cdef class Lane:
     cdef readonly int received
     cdef uint8_t* fate              # per datagram of the batch: who answers it (see serve)
     cdef readonly int accounted     # of the last serve's answers, how many were Accounting-Requests
-    # send side: one queue of up to 2 * cap replies (a batch's answers plus cache resends)
-    cdef int tx_cap
-    cdef int tx_len
-    cdef uint8_t* tx_names
-    cdef iovec* tx_iov
-    cdef mmsghdr* tx_msg
-    cdef int* tx_sock
-    cdef list tx_keep               # the reply bytes the iovecs point into, alive until sent
-    cdef int tx_sent                # replies sent since the last flush
-    cdef list tx_failed             # (address, error) of replies refused since the last flush
+    cdef Outbox out                 # replies waiting for sendmmsg: up to 2 * cap (answers + cache resends)
     cdef dict ip_text               # IPv4 address (host order) -> its dotted-quad str
     cdef object config              # the radcore.config.Config the client memo belongs to
     cdef dict clients               # source ip text -> radcore.config.Client or None
@@ -157,7 +151,6 @@ cdef class Lane:
             self.fds[i] = sock.fileno()
             self.kinds[i] = kind
         self.cap = batch_max
-        self.tx_cap = 2 * batch_max
         self.rx = <uint8_t*>PyMem_Malloc(<size_t>batch_max * SLOT)
         self.rx_names = <uint8_t*>PyMem_Malloc(<size_t>batch_max * NAME)
         self.rx_iov = <iovec*>PyMem_Malloc(batch_max * sizeof(iovec))
@@ -165,17 +158,10 @@ cdef class Lane:
         self.rx_sock = <int*>PyMem_Malloc(batch_max * sizeof(int))
         self.fate = <uint8_t*>PyMem_Malloc(batch_max)
         self.held_at = <int*>PyMem_Malloc(batch_max * sizeof(int))
-        self.tx_names = <uint8_t*>PyMem_Malloc(<size_t>self.tx_cap * NAME)
-        self.tx_iov = <iovec*>PyMem_Malloc(self.tx_cap * sizeof(iovec))
-        self.tx_msg = <mmsghdr*>PyMem_Malloc(self.tx_cap * sizeof(mmsghdr))
-        self.tx_sock = <int*>PyMem_Malloc(self.tx_cap * sizeof(int))
         if (self.rx == NULL or self.rx_names == NULL or self.rx_iov == NULL or self.rx_msg == NULL
-                or self.rx_sock == NULL or self.fate == NULL or self.held_at == NULL or self.tx_names == NULL
-                or self.tx_iov == NULL or self.tx_msg == NULL or self.tx_sock == NULL):
+                or self.rx_sock == NULL or self.fate == NULL or self.held_at == NULL):
             raise MemoryError()
-        self.tx_keep = []
-        self.tx_sent = 0
-        self.tx_failed = []
+        self.out = Outbox([sock.fileno() for sock, _ in socks], 2 * batch_max)
         self.ip_text = {}
         self.config = None
         self.clients = {}
@@ -191,10 +177,6 @@ cdef class Lane:
         PyMem_Free(self.rx_sock)
         PyMem_Free(self.fate)
         PyMem_Free(self.held_at)
-        PyMem_Free(self.tx_names)
-        PyMem_Free(self.tx_iov)
-        PyMem_Free(self.tx_msg)
-        PyMem_Free(self.tx_sock)
 
     # -- receive --------------------------------------------------------------------------------
 
@@ -355,8 +337,7 @@ cdef class Lane:
                         if self.on_lane_error is not None:
                             self.on_lane_error(exc)
                     if wire is not None:
-                        self._queue_name(k, wire, self.rx_names + <size_t>i * NAME,
-                                         self.rx_msg[i].msg_hdr.msg_namelen)
+                        self.out.add(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
                         if caching:
                             if not stamped:
                                 stamped = True
@@ -365,8 +346,8 @@ cdef class Lane:
                             cache.put(key, pkt + 4, wire, expires)
                         fate[i] = 1
                         answered += 1
-                        if self.tx_len >= EARLY_SEND:
-                            self._send_queued()  # don't hold answers back for a whole batch
+                        if self.out.length >= EARLY_SEND:
+                            self.out.send()  # don't hold answers back for a whole batch
                         continue
                 if not writing:
                     continue
@@ -416,7 +397,7 @@ cdef class Lane:
             i = held_at[j]
             wire = held[j]
             k = self.rx_sock[i]
-            self._queue_name(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
+            self.out.add(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
             if self.kinds[k] == ACCT:
                 self.accounted += 1
             if caching:
@@ -505,25 +486,7 @@ cdef class Lane:
             return (self._ip_text(i), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
         raise PacketError(f"datagram from address family {sa.sa_family}", "unknown_client")
 
-    # -- send -----------------------------------------------------------------------------------
-
-    cdef int _queue_name(self, int k, bytes wire, const uint8_t* name, socklen_t namelen) except -1:
-        cdef int j
-        if self.tx_len == self.tx_cap:
-            self._send_queued()
-        j = self.tx_len
-        memcpy(self.tx_names + <size_t>j * NAME, name, namelen)
-        self.tx_iov[j].iov_base = PyBytes_AS_STRING(wire)
-        self.tx_iov[j].iov_len = PyBytes_GET_SIZE(wire)
-        memset(&self.tx_msg[j], 0, sizeof(mmsghdr))
-        self.tx_msg[j].msg_hdr.msg_name = self.tx_names + <size_t>j * NAME
-        self.tx_msg[j].msg_hdr.msg_namelen = namelen
-        self.tx_msg[j].msg_hdr.msg_iov = &self.tx_iov[j]
-        self.tx_msg[j].msg_hdr.msg_iovlen = 1
-        self.tx_sock[j] = k
-        self.tx_keep.append(wire)
-        self.tx_len += 1
-        return 0
+    # -- send (radcore/_outbox.pxi) ----------------------------------------------------------------
 
     def queue(self, sock, bytes wire, addr):
         """Send `wire` to `addr` (a socket-module address tuple) from `sock` at the next `flush`."""
@@ -547,7 +510,7 @@ cdef class Lane:
             namelen = sizeof(sockaddr_in6)
         else:
             raise ValueError(f"not an IP address: {addr[0]!r}")
-        self._queue_name(k, wire, name, namelen)
+        self.out.add(k, wire, name, namelen)
 
     def flush(self):
         """Send every queued reply, one sendmmsg per run of replies on the same socket.
@@ -556,44 +519,5 @@ cdef class Lane:
         `serve` already sent early; refused replies (a full send buffer, an unreachable route) are
         dropped, as a single sendto failure would be.
         """
-        self._send_queued()
-        result = (self.tx_sent, self.tx_failed)
-        self.tx_sent = 0
-        self.tx_failed = []
-        return result
+        return self.out.flush()
 
-    cdef int _send_queued(self) except -1:
-        cdef int start = 0, end, got, sent = 0, err
-        cdef list failed = self.tx_failed
-        while start < self.tx_len:
-            end = start + 1
-            while end < self.tx_len and self.tx_sock[end] == self.tx_sock[start]:
-                end += 1
-            while start < end:
-                with nogil:
-                    got = sendmmsg(self.fds[self.tx_sock[start]], &self.tx_msg[start], end - start, MSG_DONTWAIT)
-                if got < 0:
-                    err = errno
-                    if err == EINTR:
-                        continue
-                    failed.append((self._name_text(start), strerror(err).decode()))
-                    start += 1  # the first message failed; the rest may still go
-                    continue
-                sent += got
-                start += got
-            start = end
-        self.tx_len = 0
-        self.tx_keep = []
-        self.tx_sent += sent
-        return 0
-
-    cdef str _name_text(self, int j):
-        cdef const sockaddr* sa = <const sockaddr*>(self.tx_names + <size_t>j * NAME)
-        cdef char text[ADDR_TEXT]
-        if sa.sa_family == AF_INET:
-            inet_ntop(AF_INET, &(<const sockaddr_in*>sa).sin_addr, text, ADDR_TEXT)
-        elif sa.sa_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<const sockaddr_in6*>sa).sin6_addr, text, ADDR_TEXT)
-        else:
-            return "?"
-        return text.decode("ascii")
