@@ -223,7 +223,7 @@ PROFILE_RULES = (  # first match walking from the innermost frame outwards decid
     ("card-auth lane (C: _cardauth)", ("_cardauth", "_sha256")),
     ("accounting lane (C: _acctlane)", ("_acctlane", "_reserve.pxi", "_sessions.pxi", "WriteLane_")),
     ("batch loop and duplicate cache (C: _lane, _dupcache)", ("_lane.pyx", "radcore/_lane", "_lane.cpython",
-                                                              "_dupcache")),
+                                                              "_dupcache", "_outbox.pxi")),
     ("PIN check (HMAC-SHA256 in keys.py)", ("radcore/keys.py",)),
     ("server loop Python (server.py, dupcache, metrics)", ("radcore/server.py", "radcore/dupcache.py",
                                                             "radcore/metrics.py", "radcore/config.py")),
