@@ -14,8 +14,8 @@ How the work is kept small:
 - Requests are written straight into per-socket transmit buffers from pre-encoded attribute bytes
   (card numbers, PINs, the dialled number); per request only the Identifier, a fresh random Request
   Authenticator, the hidden User-Password, the call identifiers and the MACs change.
-- MD5 and HMAC-MD5 are C (`_lg_primitives.h`, with the latency histogram), HMAC keyed once per run (the ipad/opad states are copied, not
-  recomputed). This is an implementation independent of radcore's, so the generator is also an oracle:
+- MD5 and HMAC-MD5 are C (`_lg_primitives.h`, with the latency histogram), HMAC keyed once per run
+  (the ipad/opad states are copied, not recomputed). This is an implementation independent of radcore's, so the generator is also an oracle:
   every reply's Response Authenticator (RFC 2865 §3) and, when present, Message-Authenticator
   (RFC 3579 §3.2) is verified; a reply that fails is counted as `bad`, never as an answer.
 - Identifiers are tracked per socket: 256 of them, handed out from a FIFO ring so that an Identifier
