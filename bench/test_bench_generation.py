@@ -16,7 +16,12 @@ import json
 
 import pytest
 
-from bench import bench_generation as bg
+from bench.bench_generation import _parse_configs
+from bench.generation_child import head_generation_source
+from bench.generation_latency import latency_run
+from bench.generation_report import markdown
+from bench.generation_runs import bench_generation_and_export
+from bench.generation_stats import machine_info, percentile
 
 CARDS = 2_000
 
@@ -28,8 +33,8 @@ def workdir(tmp_path):
 
 def test_generation_and_export_smoke(workdir, benchmark):
     result = benchmark.pedantic(
-        lambda: bg.bench_generation_and_export(workdir / "run", cards=CARDS, small=500, chunk_size=500,
-                                               lxml_path=None, say=lambda text: None),
+        lambda: bench_generation_and_export(workdir / "run", cards=CARDS, small=500, chunk_size=500,
+                                            lxml_path=None, say=lambda text: None),
         setup=lambda: (workdir / "run").mkdir(exist_ok=True), rounds=1, iterations=1)
     gen = result["generation"]
     assert gen["cards"] == CARDS and gen["sync"] is True and gen["code"] == "current"
@@ -44,28 +49,28 @@ def test_generation_and_export_smoke(workdir, benchmark):
 
 
 def test_accounting_and_auth_during_generation_smoke(workdir):
-    acct = bg.latency_run(workdir, mode="acct", cards=5_000, chunk_size=500, variant="same", rate=200,
-                          idle_seconds=1.0, after_seconds=0.5, workers=1, pin_run=1_000, say=lambda text: None)
+    acct = latency_run(workdir, mode="acct", cards=5_000, chunk_size=500, variant="same", rate=200,
+                       idle_seconds=1.0, after_seconds=0.5, workers=1, pin_run=1_000, say=lambda text: None)
     assert acct["idle"]["count"] > 0 and acct["during"]["count"] > 0
     assert acct["idle"]["lost"] == 0 and acct["during"]["lost"] == 0 and acct["bad_replies"] == 0
     assert acct["generation"]["txn"]["count"] == 1 + 5_000 // 500
     assert acct["generation"]["pin_run"] == 1_000
     assert acct["p99_ratio"] is not None and "server_log_tail" not in acct
 
-    head = bg.head_generation_source(workdir / "generation_head.py")
+    head = head_generation_source(workdir / "generation_head.py")
     if head is None:
         pytest.skip("no git: the HEAD baseline of radcore/generation.py is unavailable")
-    auth = bg.latency_run(workdir, mode="auth", cards=5_000, chunk_size=0, variant="other", rate=0,
-                          idle_seconds=1.0, after_seconds=0.5, workers=1, pause_factor=1.0, code="head",
-                          head_path=head["path"], say=lambda text: None)
+    auth = latency_run(workdir, mode="auth", cards=5_000, chunk_size=0, variant="other", rate=0,
+                       idle_seconds=1.0, after_seconds=0.5, workers=1, pause_factor=1.0, code="head",
+                       head_path=head["path"], say=lambda text: None)
     assert auth["idle"]["replies"] > 0 and auth["idle"]["accepts"] == auth["idle"]["replies"]
     assert auth["generation"]["pause_factor"] == 1.0 and auth["generation"]["code"] == "head"
     assert auth["generation"]["generation_sha256"] == head["sha256"]
 
-    doc = {"command": "smoke", "machine": bg.machine_info(), "notes": ["smoke"],
+    doc = {"command": "smoke", "machine": machine_info(), "notes": ["smoke"],
            "params": {"repeat": 1, "chunk_size": 0, "latency_cards": 5_000, "rate": 200, "workers": 1},
            "generation": [], "exports": [], "latency": [dict(acct, rep=1), dict(auth, rep=1)]}
-    text = bg.markdown(doc)
+    text = markdown(doc)
     assert "| working-tree generation.py: same store, PIN_RUN 1,000 | 500 | 1 |" in text
     assert "baseline generation.py: other store (no shared lock), paced x1" in text
     assert doc["latency"][0]["p99_ratio_pooled"] is not None
@@ -73,15 +78,15 @@ def test_accounting_and_auth_during_generation_smoke(workdir):
 
 
 def test_percentile_and_config_parsing():
-    assert bg.percentile([], 99) is None
-    assert bg.percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert bg.percentile(list(range(1, 101)), 99) == 99
-    assert bg.percentile(list(range(1, 101)), 100) == 100
-    assert bg._parse_configs("same:2000,other:500:p3:head, nosync,same::r1000:p1:n5") == [
+    assert percentile([], 99) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile(list(range(1, 101)), 100) == 100
+    assert _parse_configs("same:2000,other:500:p3:head, nosync,same::r1000:p1:n5") == [
         {"variant": "same", "chunk_size": 2000, "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"},
         {"variant": "other", "chunk_size": 500, "pause_factor": 3.0, "pin_run": 0, "nice": 0, "code": "head"},
         {"variant": "nosync", "chunk_size": 0, "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"},
         {"variant": "same", "chunk_size": 0, "pause_factor": 1.0, "pin_run": 1000, "nice": 5, "code": "current"}]
     for bad in ("elsewhere:10", "same:10:x3", "same:10:r5:head"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bg._parse_configs(bad)
+            _parse_configs(bad)
