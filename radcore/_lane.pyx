@@ -31,19 +31,17 @@ each datagram's sockaddr.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
-from cpython.ref cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, errno
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
-from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
                             mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
                             socklen_t)
-
-from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 
 from radcore.errors import PacketError
 
@@ -54,6 +52,7 @@ cdef enum:
     MAX_SOCKETS = 8
     ADDR_TEXT = 64          # INET6_ADDRSTRLEN (46) with room to spare
     EARLY_SEND = 32         # lane answers go out in runs of this many, not at the end of the batch
+
 
 cdef extern from "<poll.h>":
     cdef struct pollfd:
