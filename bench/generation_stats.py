@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from bench.machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,17 +96,8 @@ class MemorySampler:
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info: dict[str, Any] = {
-        "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": model,
+        "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
         "python": platform.python_version(), "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "loadavg_start": list(os.getloadavg()),
