@@ -240,3 +240,16 @@ cdef bytes _deadline_key(int64_t deadline, bytes skey):
         head[7 - i] = <uint8_t>(v & 0xFF)
         v >>= 8
     return PyBytes_FromStringAndSize(<const char*>head, 8) + skey
+
+
+cdef bytes _cdr_key(bytes ckey, int64_t stop_time, uint32_t seq):
+    """radcore.records.cdr_key: card key + u64 BE stop time + u32 BE sequence number."""
+    cdef uint8_t tail[12]
+    cdef uint64_t t = <uint64_t>stop_time
+    cdef int i
+    for i in range(8):
+        tail[7 - i] = <uint8_t>(t & 0xFF)
+        t >>= 8
+    tail[8] = <uint8_t>(seq >> 24); tail[9] = <uint8_t>(seq >> 16)
+    tail[10] = <uint8_t>(seq >> 8); tail[11] = <uint8_t>seq
+    return ckey + PyBytes_FromStringAndSize(<const char*>tail, 12)
