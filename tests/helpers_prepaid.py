@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,19 +123,9 @@ class World:
 
     def accounting(self, series: int, serial: int, status: int, *, conf_id: str, session_time: int | None = None,
                    called: str = "", delay: int = 0, client: str = "cisco-gw", user_name: str | None = None):
-        attrs = [(d.USER_NAME, (user_name if user_name is not None
-                                else self.number(series, serial)).encode()),
-                 (d.NAS_IP_ADDRESS, bytes(map(int, NAS_IP.split(".")))),
-                 (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big")),
-                 (d.ACCT_SESSION_ID, f"sess-{conf_id}".encode()),
-                 (d.vsa_key(d.VENDOR_CISCO, d.H323_CONF_ID), f"h323-conf-id={conf_id}".encode())]
-        if called:
-            attrs.append((d.CALLED_STATION_ID, called.encode()))
-        if session_time is not None:
-            attrs.append((d.ACCT_SESSION_TIME, session_time.to_bytes(4, "big")))
-        if delay:
-            attrs.append((d.ACCT_DELAY_TIME, delay.to_bytes(4, "big")))
-        raw = packet.encode_accounting_request(next(self.ids) & 0xFF, attrs, SECRET)
+        number = user_name if user_name is not None else self.number(series, serial)
+        raw = accounting(number, status, conf_id=conf_id, session_id=f"sess-{conf_id}", called=called,
+                         session_time=session_time, delay=delay, ident=next(self.ids) & 0xFF)
         return self.decide(raw, client)
 
     def nas_event(self, status: int, client: str = "cisco-gw"):
@@ -146,6 +137,28 @@ class World:
         req = packet.parse_request(raw, SECRET, True)
         [reply] = self.handler.handle([(req, self.client(client), ("127.0.0.1", 40000))])
         return reply
+
+
+def accounting(number: str, status: int, *, conf_id: str = "", session_id: str = "", session_time=None,
+               called: str = "", delay: int = 0, nas_id: str = "", extra=(), secret: bytes = SECRET,
+               ident: int | None = None) -> bytes:
+    """An Accounting-Request from the test NAS (a random Identifier unless one is given)."""
+    attrs = [(d.USER_NAME, number.encode()), (d.NAS_IP_ADDRESS, bytes(map(int, NAS_IP.split(".")))),
+             (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big"))]
+    if nas_id:
+        attrs.append((d.NAS_IDENTIFIER, nas_id.encode()))
+    if session_id:
+        attrs.append((d.ACCT_SESSION_ID, session_id.encode()))
+    if conf_id:
+        attrs.append((d.vsa_key(d.VENDOR_CISCO, d.H323_CONF_ID), f"h323-conf-id={conf_id}".encode()))
+    if called:
+        attrs.append((d.CALLED_STATION_ID, called.encode()))
+    if session_time is not None:
+        attrs.append((d.ACCT_SESSION_TIME, session_time.to_bytes(4, "big")))
+    if delay:
+        attrs.append((d.ACCT_DELAY_TIME, delay.to_bytes(4, "big")))
+    attrs.extend(extra)
+    return packet.encode_accounting_request(random.randrange(256) if ident is None else ident, attrs, secret)
 
 
 def vsa(reply, vendor_type: int, vendor: int = d.VENDOR_CISCO) -> str | None:

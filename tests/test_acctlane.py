@@ -28,7 +28,7 @@ from radcore.server import NoReply
 from radcore.store import Store, card_key, iter_card_cdrs
 
 import helpers_prepaid
-from helpers_prepaid import NAS_IP, SECRET, World, make_world
+from helpers_prepaid import NAS_IP, SECRET, World, accounting, make_world
 
 pytestmark = pytest.mark.skipif(fastpath.load_lane() is None, reason="the C lane is built on Linux only")
 
@@ -63,24 +63,6 @@ def reference(world: World, raw: bytes, client) -> bytes | None:
     return packet.encode_response(req, reply[0], reply[1], client.secret)
 
 
-def accounting(number: str, status: int, *, conf_id: str = "", session_id: str = "", session_time=None,
-               called: str = "", delay: int = 0, nas_id: str = "", extra=(), secret: bytes = SECRET) -> bytes:
-    attrs = [(d.USER_NAME, number.encode()), (d.NAS_IP_ADDRESS, bytes(map(int, NAS_IP.split(".")))),
-             (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big"))]
-    if nas_id:
-        attrs.append((d.NAS_IDENTIFIER, nas_id.encode()))
-    if session_id:
-        attrs.append((d.ACCT_SESSION_ID, session_id.encode()))
-    if conf_id:
-        attrs.append((CONF_VSA, f"h323-conf-id={conf_id}".encode()))
-    if called:
-        attrs.append((d.CALLED_STATION_ID, called.encode()))
-    if session_time is not None:
-        attrs.append((d.ACCT_SESSION_TIME, session_time.to_bytes(4, "big")))
-    if delay:
-        attrs.append((d.ACCT_DELAY_TIME, delay.to_bytes(4, "big")))
-    attrs.extend(extra)
-    return packet.encode_accounting_request(random.randrange(256), attrs, secret)
 
 
 class Pair:
@@ -396,8 +378,8 @@ def test_a_write_lane_failure_hands_its_part_of_the_batch_to_the_python_path(wor
     working lane the same datagrams are settled in C, and their replies leave only after the commit."""
     from helpers_server import loopback_pair
     from radcore._acctlane import WriteLane
-    from radcore._lane import Lane
     from radcore._dupcache import DuplicateCache
+    from radcore._lane import Lane
     from radcore.dupcache import ACCT
 
     class BrokenStore:

@@ -309,8 +309,8 @@ def test_a_store_failure_under_the_lane_hands_the_batch_to_the_python_path(world
     back for the Python path (which answers as the handler documents) and the error is reported."""
     from helpers_server import loopback_pair
     from radcore._cardauth import CardAuthLane
-    from radcore._lane import Lane
     from radcore._dupcache import DuplicateCache
+    from radcore._lane import Lane
     from radcore.dupcache import AUTH
 
     class BrokenStore:
@@ -420,8 +420,8 @@ def test_ipv6_sources_are_answered_by_the_lane_and_by_the_python_path(tmp_path):
     IPv6): a lane answer and a Python-path answer (a wrong PIN) both reach an IPv6 NAS."""
     import socket
 
-    from radcore._lane import Lane
     from radcore._dupcache import DuplicateCache
+    from radcore._lane import Lane
     from radcore.dupcache import AUTH
 
     world = make_world(tmp_path, EXTRA_CLIENTS + f"""
