@@ -35,7 +35,7 @@ from radcore._lane cimport WriteAnswer
 include "_records.pxi"
 include "_sessions.pxi"
 
-from radcore.errors import StoreError
+from radcore.store import next_cdr_key
 
 cdef enum:
     HEADER = 20
@@ -71,7 +71,6 @@ cdef class AccountingLane(WriteAnswer):
     cdef object clock
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
     cdef object txn
-    cdef object cdr_cursor          # over `cdrs` in txn: finds the next free CDR sequence number
     cdef object session_cursor      # over `sessions` in txn
     cdef dict by_number             # NAS identity -> whether it has calls filed by card and number
     cdef object _get, _put, _delete # txn's methods, called with positional arguments (no keyword parsing)
@@ -109,7 +108,6 @@ cdef class AccountingLane(WriteAnswer):
     cdef int begin(self) except -1:
         self.now = self.clock()
         self.txn = self.store.begin(write=True)
-        self.cdr_cursor = self.txn.cursor(db=self.cdrs_db)
         self.session_cursor = self.txn.cursor(db=self.sessions_db)
         self.by_number = {}
         self._get, self._put, self._delete = self.txn.get, self.txn.put, self.txn.delete
@@ -124,13 +122,13 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef int commit(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = self.session_cursor = self._get = self._put = self._delete = None
+        self.session_cursor = self._get = self._put = self._delete = None
         txn.commit()
         return 0
 
     cdef int abort(self) except -1:
         txn, self.txn = self.txn, None
-        self.cdr_cursor = self.session_cursor = self._get = self._put = self._delete = None
+        self.session_cursor = self._get = self._put = self._delete = None
         if txn is not None:
             txn.abort()
         return 0
@@ -335,9 +333,9 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         if cdr is not None:
             # The first call of this card to stop in this second takes sequence number 0 (CDRs are
-            # never deleted, so a free 0 means no other); only a second one needs the cursor.
+            # never deleted, so a free 0 means no other); a second one, rare, asks radcore.store.
             if not self._put(_cdr_key(ckey, stop_time, 0), cdr, True, False, False, self.cdrs_db):
-                self._put(self._next_cdr_key(ckey, stop_time), cdr, True, True, False, self.cdrs_db)
+                self._put(next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, True, True, False, self.cdrs_db)
         self._put_session(skey, session_raw, &s)
         self._put(ckey, card, True, True, False, self.cards_db)
         return self._reply(pkt, c.secret)
@@ -385,23 +383,6 @@ cdef class AccountingLane(WriteAnswer):
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         self._put(PyBytes_FromStringAndSize(<const char*>key, 8), card, True, True, False, self.cards_db)
         return True
-
-    cdef bytes _next_cdr_key(self, bytes ckey, int64_t stop_time):
-        """radcore.store.next_cdr_key: card key + u64 BE stop time + the next u32 BE sequence number."""
-        cdef bytes last = _cdr_key(ckey, stop_time, 0xFFFFFFFF)
-        cursor = self.cdr_cursor
-        if cursor.set_range(last):
-            if cursor.key() == last:
-                raise StoreError("more than 2**32 CDRs for one card in one second")
-            found = cursor.prev()
-        else:
-            found = cursor.last()
-        cdef bytes key = cursor.key() if found else b""
-        cdef const uint8_t* k = <const uint8_t*>PyBytes_AS_STRING(key)
-        cdef uint32_t seq = 0
-        if PyBytes_GET_SIZE(key) == 20 and _equal(k, <const uint8_t*>PyBytes_AS_STRING(last), 16):
-            seq = _be32(k + 16) + 1
-        return _cdr_key(ckey, stop_time, seq)
 
     cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
         """radcore.store.put_session: the session and its entry in the deadline index."""
