@@ -131,8 +131,7 @@ cdef class Lane:
     cdef Outbox out                 # replies waiting for sendmmsg: up to 2 * cap (answers + cache resends)
     cdef dict ip_text               # IPv4 address (host order) -> its dotted-quad str
     cdef object config              # the radcore.config.Config the client memo belongs to
-    cdef dict clients               # source ip text -> radcore.config.Client or None
-    cdef dict clients4              # the same for IPv4 sources, by 32-bit address (host order)
+    cdef dict clients               # source (IPv4: 32-bit address; IPv6: text) -> Client or None
     cdef int* held_at               # datagrams whose replies wait for the write lane's commit
     cdef public object on_recv_error   # called with the error text when recvmmsg fails
     cdef public object on_lane_error   # called with the exception when the fast answer raises
@@ -164,7 +163,6 @@ cdef class Lane:
         self.ip_text = {}
         self.config = None
         self.clients = {}
-        self.clients4 = {}
         self.on_recv_error = None
         self.on_lane_error = None
 
@@ -291,15 +289,14 @@ cdef class Lane:
         cdef bint enabled = fast is not None
         cdef bint writing = write is not None
         cdef bint caching = cache.seconds > 0
-        cdef bint stamped = False       # now/expires read from the cache's clock (once per batch)
-        cdef double now = 0, expires = 0
+        cdef double now = cache.clock() if caching else 0   # one expiry time for the batch's entries
+        cdef double expires = now + cache.seconds
         cdef uint8_t* fate = self.fate  # 0: Python path, 1: answered, 2: held for the commit
         memset(fate, 0, self.received)
         self.accounted = 0
         if config is not self.config:
             self.config = config
             self.clients = {}
-            self.clients4 = {}
         try:
             for i in range(self.received):
                 pkt = self.rx + <size_t>i * SLOT
@@ -338,10 +335,6 @@ cdef class Lane:
                     if wire is not None:
                         self.out.add(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
                         if caching:
-                            if not stamped:
-                                stamped = True
-                                now = cache.clock()
-                                expires = now + cache.seconds
                             cache.put(key, pkt + 4, wire, expires)
                         fate[i] = 1
                         answered += 1
@@ -400,15 +393,11 @@ cdef class Lane:
             if self.kinds[k] == ACCT:
                 self.accounted += 1
             if caching:
-                if not stamped:
-                    stamped = True
-                    now = cache.clock()
-                    expires = now + cache.seconds
                 pkt = self.rx + <size_t>i * SLOT
                 sockaddr_key(<const sockaddr*>(self.rx_names + <size_t>i * NAME), pkt[1], self.kinds[k], key)
                 cache.put(key, pkt + 4, wire, expires)
         answered += len(held)
-        if stamped:
+        if caching:
             cache.trim(now)
         for i in range(self.received):
             if fate[i] == 0:
@@ -430,26 +419,19 @@ cdef class Lane:
         """`config.client_for(ip)` of datagram i's source, memoised until the config is replaced
         (IPv4 sources by their 32-bit address, so a hit builds no text)."""
         cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
-        cdef object host
+        cdef object source
         cdef PyObject* hit
         if sa.sa_family == AF_INET:
-            host = ntohl((<const sockaddr_in*>sa).sin_addr.s_addr)
-            hit = PyDict_GetItem(self.clients4, host)
-            if hit != NULL:
-                return <object>hit
-            client = self.config.client_for(self._ip_text(i))
-            if len(self.clients4) > 65536:
-                self.clients4.clear()
-            self.clients4[host] = client
-            return client
-        ip = self._ip_text(i)
-        hit = PyDict_GetItem(self.clients, ip)
+            source = ntohl((<const sockaddr_in*>sa).sin_addr.s_addr)
+        else:
+            source = self._ip_text(i)
+        hit = PyDict_GetItem(self.clients, source)
         if hit != NULL:
             return <object>hit
-        client = self.config.client_for(ip)
+        client = self.config.client_for(self._ip_text(i))
         if len(self.clients) > 65536:
             self.clients.clear()
-        self.clients[ip] = client
+        self.clients[source] = client
         return client
 
     cdef str _ip_text(self, int i):
