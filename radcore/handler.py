@@ -43,6 +43,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .config import Client, Config
+    from .metrics import Recorder
     from .packet import Request
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class PrepaidHandler:
         self.poisoned = 0
         self._next_sweep = 0
         self._ratelog = RateLimitedLog(log)
+
+    def attach_metrics(self, recorder: Recorder) -> None:
+        """Count the handler's own events (PIN-only throttling) in the worker's /metrics row."""
+        self.auth.throttle.attach_metrics(recorder)
 
     def handle(self, batch: list[Item]) -> list[Reply]:
         now = self.clock()

@@ -61,7 +61,9 @@ DROP_REASONS = (
 #: Histogram bucket upper bounds in seconds, 25 µs .. 1 s (+Inf is implicit).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
                    50e-3, 100e-3, 250e-3, 500e-3, 1.0)
-SCALARS = ("duplicates", "send_errors", "batches", "internal_errors", "worker_restarts", "fast_answers")
+SCALARS = ("duplicates", "send_errors", "batches", "internal_errors", "worker_restarts", "fast_answers",
+           # radcore.throttle.PinThrottle: PIN-only guessing, per line
+           "pin_only_unknown", "pin_only_throttled", "pin_only_lines_forgotten")
 
 # Row layout: offsets of each group in a row of unsigned 64-bit integers.
 _RECV = 0
@@ -234,7 +236,12 @@ class _Collector:
                  "internal_errors": "Batches that hit an unexpected exception",
                  "worker_restarts": "Workers restarted after an unexpected exit",
                  "fast_answers": ("Requests answered by the C lanes (card authentication, number authorization, "
-                                  "accounting); also counted in replies")}
+                                  "accounting); also counted in replies"),
+                 "pin_only_unknown": "Unknown PINs from PIN-only lines, each one costing its line a token",
+                 "pin_only_throttled": ("PIN-only Access-Requests rejected before their PIN was looked up, "
+                                        "because their line had no token left"),
+                 "pin_only_lines_forgotten": ("Throttled lines forgotten to bound memory (each gets a full "
+                                              "bucket back)")}
         for name in SCALARS:
             yield CounterMetricFamily(f"radcore_{name}", helps[name], value=snap[name])
         lat = snap["latency"]

@@ -77,7 +77,8 @@ class Handler(Protocol):
     order, and returns one entry per request: (reply code, reply attributes), or None / `NoReply`
     for silence. It runs its own transaction for the whole batch and returns only once that is
     durable. Optional methods: `tick(now)` (epoch seconds; called about every second, for
-    sweepers) and `close()` (at worker exit).
+    sweepers), `attach_metrics(recorder)` (once, before the first batch, to count its own events in
+    the worker's /metrics row) and `close()` (at worker exit).
     """
 
     def handle(self, batch: list[tuple[Request, Client, Source]]) -> list[Reply]: ...
@@ -186,6 +187,9 @@ class Worker:
         self._stopping = False
         self._reload = False
         self._tick = getattr(handler, "tick", None)
+        attach = getattr(handler, "attach_metrics", None)  # a handler may count events of its own
+        if attach is not None:
+            attach(recorder)
         # The C batch loop (recvmmsg/sendmmsg) where it is built, with the handler's C lanes
         # plugged in; `handle_batch` stays the reference and takes whatever they decline.
         lane = fastpath.load_lane()

@@ -22,6 +22,9 @@ Trade-offs, stated so nobody relies on more than this gives:
 - Time is the handler's clock (epoch seconds), so tests move it with the clock, not with sleeps.
   A batch re-run after a failed commit may charge a line twice; that errs towards throttling.
 
+The counts are also the workers' `/metrics` (`radcore_pin_only_*_total`, `attach_metrics`), so an
+operator sees a guessing run as it happens rather than in a log line a minute.
+
 `per_minute = 0` turns the throttle off.
 """
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from .metrics import RateLimitedLog
+from .metrics import RateLimitedLog, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ DEFAULT_MAX_LINES = 65_536
 class PinThrottle:
     """Token buckets for unknown PINs, keyed by (NAS identity, Calling-Station-Id)."""
 
-    __slots__ = ("_buckets", "_log", "charged", "evicted", "max_lines", "per_minute", "throttled")
+    __slots__ = ("_buckets", "_log", "charged", "evicted", "max_lines", "metrics", "per_minute", "throttled")
 
     def __init__(self, per_minute: int, max_lines: int = DEFAULT_MAX_LINES):
         if per_minute < 0 or max_lines < 1:
@@ -55,6 +58,15 @@ class PinThrottle:
         self.charged = 0     # unknown PINs counted
         self.evicted = 0     # lines forgotten to stay within max_lines
         self._log = RateLimitedLog(log, 60.0)
+        self.metrics: Recorder | None = None  # the worker's, once attached
+
+    def attach_metrics(self, recorder: Recorder) -> None:
+        """Count into the worker's /metrics row from now on, as well as into the attributes."""
+        self.metrics = recorder
+
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.add(name)
 
     @property
     def enabled(self) -> bool:
@@ -79,6 +91,7 @@ class PinThrottle:
         if not self.per_minute or self._tokens(line, now) >= 1.0:
             return True
         self.throttled += 1
+        self._count("pin_only_throttled")
         return False
 
     def charge(self, line: Line, now: int) -> None:
@@ -89,6 +102,7 @@ class PinThrottle:
         self._buckets[line] = (tokens, now)
         self._buckets.move_to_end(line)
         self.charged += 1
+        self._count("pin_only_unknown")
         if tokens < 1.0:
             self._log(logging.WARNING, "pin_throttle", "PIN-only guessing throttled for NAS %r, "
                       "Calling-Station-Id %r: %d unknown PINs a minute allowed",
@@ -96,3 +110,4 @@ class PinThrottle:
         while len(self._buckets) > self.max_lines:
             self._buckets.popitem(last=False)
             self.evicted += 1
+            self._count("pin_only_lines_forgotten")

@@ -24,6 +24,7 @@ from radcore import dictionary as d
 from radcore import packet
 from radcore.attack_model import guessing_odds, success_probability
 from radcore.config import load_config
+from radcore.metrics import SharedMetrics
 from radcore.replies import return_code
 from radcore.store import CardStatus
 from radcore.throttle import PinThrottle
@@ -98,6 +99,10 @@ def test_pin_only_guessing_is_throttled_per_line(server):
     assert codes == [invalid] * THROTTLE + [throttled] * 3
     # A throttled line is refused before its PIN is looked up: even a real PIN.
     assert hl.return_code(ask(server, server.pins[0], server.pins[0], **pin_gw)) == throttled
+    # The operator sees the guessing in /metrics, not only in a rate-limited log line.
+    assert server.wait_metric("radcore_pin_only_throttled_total", 4) == 4
+    assert server.metrics()["radcore_pin_only_unknown_total"] == THROTTLE
+    assert server.metrics()["radcore_pin_only_lines_forgotten_total"] == 0
     # Another line on the same gateway still gets through.
     other = {"source": "127.0.0.3", "calling": "4420700002"}
     assert ask(server, server.pins[0], server.pins[0], **other).code == d.Code.ACCESS_ACCEPT
@@ -154,13 +159,20 @@ def test_token_bucket_refills_and_forgets_full_buckets():
 
 
 def test_throttle_memory_is_bounded_and_zero_turns_it_off():
+    shared = SharedMetrics(1)
+    recorder = shared.recorder(0)
     throttle = PinThrottle(per_minute=2, max_lines=100)
+    throttle.attach_metrics(recorder)
     for n in range(10_000):  # a flood of made-up Calling-Station-Ids
         throttle.charge(("gw", str(n)), 5)
     assert len(throttle) == 100 and throttle.evicted == 9_900
     throttle.charge(("gw", "9999"), 5)  # the newest lines are the ones kept
     assert not throttle.allow(("gw", "9999"), 5)
     assert throttle.allow(("gw", "0"), 5), "a forgotten line only ever gets a full bucket back"
+    recorder.publish()
+    snap = shared.snapshot()
+    assert (snap["pin_only_unknown"], snap["pin_only_throttled"], snap["pin_only_lines_forgotten"]) == \
+        (10_001, 1, 9_900) == (throttle.charged, throttle.throttled, throttle.evicted)
     off = PinThrottle(per_minute=0)
     for _ in range(1000):
         off.charge(("gw", ""), 0)
