@@ -113,6 +113,24 @@ def test_logout_needs_the_session_csrf_token(portal):
     assert "You have signed out." in c.get("/login?signed_out=1").text
 
 
+def test_signing_out_ends_every_copy_of_the_session_and_only_that_card(portal):
+    w = portal.world
+    c, other_card = portal.client(), portal.client()
+    assert login(c, w.number(45, 0), w.pins[45][0]).status_code == 303
+    assert login(other_card, w.number(45, 1), w.pins[45][1]).status_code == 303
+    copied = portal.client()  # the same cookie in another browser: a shared computer, a stolen cookie
+    copied.cookies.set("radcore_session", c.cookies["radcore_session"])
+    assert copied.get("/statement").status_code == 200
+    assert c.post("/logout", data={"csrf": csrf_of(c.get("/statement").text)}).status_code == 303
+    assert copied.get("/statement").headers["location"] == "/login"
+    assert copied.get("/statement.csv").headers["location"] == "/login"
+    assert other_card.get("/statement").status_code == 200, "another card's session is not touched"
+    # Signing in again works at once, in the same second, and the copy stays dead.
+    assert login(c, w.number(45, 0), w.pins[45][0]).status_code == 303
+    assert c.get("/statement").status_code == 200
+    assert copied.get("/statement").headers["location"] == "/login"
+
+
 # --- cookies and headers ---------------------------------------------------------------------------
 
 def test_session_cookie_flags_and_contents(portal):
@@ -128,7 +146,8 @@ def test_session_cookie_flags_and_contents(portal):
     assert "Secure" not in session  # plain HTTP on 127.0.0.1; see the secure_cookies test
     payload = session.split("=", 1)[1].split(";")[0].split(".")[1]
     doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
-    assert set(doc) == {"k", "t", "c"} and doc["k"] == card_key(45, 0).hex() and doc["t"] == T0
+    assert set(doc) == {"k", "t", "c", "e"} and doc["k"] == card_key(45, 0).hex() and doc["t"] == T0
+    assert doc["e"] == 0  # the card's sign-out count: no PIN, nothing else
     assert "Max-Age=0" in cookie_headers(r, "radcore_login")[0]  # the pre-session is spent
 
 

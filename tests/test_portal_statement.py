@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from control.portal.statement import (Call, Outcome, Period, authenticate, build_statement, calls_csv,
-                                      csv_filename, csv_rows, load_holder, parse_period)
+                                      csv_filename, csv_rows, load_holder, parse_period, sign_out)
 from radcore import dictionary as d
 from radcore.dictionary import AcctStatus, ReturnCode
 from radcore.store import CardStatus, SeriesStatus, card_key, get_series, put_card, put_series
@@ -154,20 +154,32 @@ def test_unknown_and_malformed_numbers_are_refused(world):
 
 
 def test_holder_disappears_when_the_card_or_series_loses_access(world):
-    assert load_holder(world.store, card_key(45, 0)) is not None
+    assert load_holder(world.store, card_key(45, 0), 0) is not None
     set_card_status(world, 0, CardStatus.BLOCKED)
-    assert load_holder(world.store, card_key(45, 0)) is None
-    assert load_holder(world.store, card_key(45, 1)) is not None
+    assert load_holder(world.store, card_key(45, 0), 0) is None
+    assert load_holder(world.store, card_key(45, 1), 0) is not None
     set_series(world, 45, control_panel=False)
-    assert load_holder(world.store, card_key(45, 1)) is None
-    assert load_holder(world.store, b"short") is None
+    assert load_holder(world.store, card_key(45, 1), 0) is None
+    assert load_holder(world.store, b"short", 0) is None
+
+
+def test_sign_out_ends_sessions_of_older_counts_for_that_card_only(world):
+    key = card_key(45, 0)
+    result = login(world, 45, 0)
+    assert result.ok and result.sessions_epoch == 0
+    assert sign_out(world.store, key) == 1
+    assert load_holder(world.store, key, 0) is None, "a session from before the sign-out is over"
+    assert load_holder(world.store, card_key(45, 1), 0) is not None
+    again = login(world, 45, 0)
+    assert again.sessions_epoch == 1 and load_holder(world.store, key, 1) is not None
+    assert sign_out(world.store, key) == 2 and load_holder(world.store, key, 1) is None
 
 
 # --- the statement ----------------------------------------------------------------------------------
 
 def test_statement_shows_card_and_calls_in_the_series_time_zone(world):
     call(world, 0, "A1", 95)
-    holder = load_holder(world.store, card_key(45, 0))
+    holder = load_holder(world.store, card_key(45, 0), 0)
     assert (holder.number, holder.status, holder.series.name) == ("45-000000000", "activated", "Summer promo")
     assert holder.balance == "9.75 USD"  # 10.00 - (0.05 + 96 s * 0.002) = 9.758, rounded down
     assert holder.activated == "2026-09-21" and holder.expires == ""
@@ -186,7 +198,7 @@ def test_calls_are_newest_first_and_paged_with_totals_over_the_whole_period(worl
     for i, seconds in enumerate((30, 61, 125, 7)):
         call(world, 0, f"P{i}", seconds)
         world.clock.advance(3600)
-    holder = load_holder(world.store, card_key(45, 0))
+    holder = load_holder(world.store, card_key(45, 0), 0)
     first = build_statement(world.store, holder, Period(), page=1, page_size=3)
     second = build_statement(world.store, holder, Period(), page=2, page_size=3)
     assert [c.duration for c in first.calls] == [7, 125, 61] and [c.duration for c in second.calls] == [30]
@@ -206,7 +218,7 @@ def test_period_uses_local_days_inclusive(world):
     call(world, 0, "D1", 60)  # 2026-09-21 15:13 local
     world.clock.now = late
     call(world, 0, "D2", 60)
-    holder = load_holder(world.store, card_key(45, 0))
+    holder = load_holder(world.store, card_key(45, 0), 0)
 
     def durations_started(start, end):
         return [c.started.strftime("%d %H:%M") for c in
@@ -231,7 +243,7 @@ def test_parse_period_keeps_good_fields_and_explains_bad_ones():
 def test_csv_has_every_call_of_the_period_with_exact_amounts(world):
     call(world, 0, "C1", 95)
     call(world, 0, "C2", 30, called="14155550100")
-    holder = load_holder(world.store, card_key(45, 0))
+    holder = load_holder(world.store, card_key(45, 0), 0)
     rows = list(csv.reader(io.StringIO(calls_csv(world.store, holder, Period()))))
     assert rows[0] == ["Date and time", "Time zone", "Called number", "Duration (s)", "Billed (s)", "Cost",
                        "Currency"]
@@ -242,7 +254,7 @@ def test_csv_has_every_call_of_the_period_with_exact_amounts(world):
 
 
 def test_csv_neutralises_formulas_in_called_numbers(world):
-    holder = load_holder(world.store, card_key(45, 0))
+    holder = load_holder(world.store, card_key(45, 0), 0)
     evil = [Call(datetime(2026, 9, 21, tzinfo=LONDON), '=HYPERLINK("x")', 1, 1, 0)]
     assert csv_rows(holder, evil)[1][2] == "'=HYPERLINK(\"x\")"
 
@@ -250,6 +262,6 @@ def test_csv_neutralises_formulas_in_called_numbers(world):
 def test_a_card_sees_only_its_own_calls(world):
     call(world, 0, "M1", 95)
     call(world, 1, "O1", 30)
-    mine = build_statement(world.store, load_holder(world.store, card_key(45, 0)), Period())
-    theirs = build_statement(world.store, load_holder(world.store, card_key(45, 1)), Period())
+    mine = build_statement(world.store, load_holder(world.store, card_key(45, 0), 0), Period())
+    theirs = build_statement(world.store, load_holder(world.store, card_key(45, 1), 0), Period())
     assert [c.duration for c in mine.calls] == [95] and [c.duration for c in theirs.calls] == [30]

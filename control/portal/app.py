@@ -7,7 +7,7 @@ Routes (everything else is a 404 page):
     POST /login            card number + PIN; rate-limited per client address
     GET  /statement        the card and one page of calls, ?from=YYYY-MM-DD&to=YYYY-MM-DD&page=N
     GET  /statement.csv    the period's calls as CSV
-    POST /logout           ends the session
+    POST /logout           ends the session, and every copy of its cookie
     GET  /static/...       the stylesheet
 
 The card always comes from the signed session cookie. No route takes a card number, and any card
@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from control.portal import security
 from control.portal.security import PRE_SESSION_COOKIE, SESSION_COOKIE, RateLimiter, Session, Sessions
 from control.portal.statement import (PAGE_SIZE, Holder, Outcome, authenticate, build_statement, calls_csv,
-                                      csv_filename, load_holder, parse_period)
+                                      csv_filename, load_holder, parse_period, sign_out)
 from radcore.clock import Clock
 from radcore.config import Config
 from radcore.errors import StoreError
@@ -99,7 +99,7 @@ class Portal:
         session = self.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             return None
-        holder = await run_in_threadpool(load_holder, self.store, session.card_key)
+        holder = await run_in_threadpool(load_holder, self.store, session.card_key, session.epoch)
         return None if holder is None else (session, holder)
 
     def signed_out(self, request: Request) -> Response:
@@ -171,7 +171,7 @@ class Portal:
             shown = number if len(number) <= MAX_NUMBER_LENGTH else ""
             return self.login_page(request, error=LOGIN_REFUSED, number=shown, nonce=nonce)
         assert result.card_key is not None
-        value, _ = self.sessions.issue(result.card_key)
+        value, _ = self.sessions.issue(result.card_key, result.sessions_epoch)
         response = self.redirect(request, "/statement")
         self.set_cookie(request, response, SESSION_COOKIE, value, self.sessions.idle)
         self.clear_cookie(request, response, PRE_SESSION_COOKIE)
@@ -186,6 +186,9 @@ class Portal:
         if not self.sessions.csrf_ok(form.get("csrf"), session.nonce):
             return self.render(request, "error.html", 403, title="Request refused",
                                message="This page had expired. Go back to your statement and try again.")
+        # Server-side too: a copy of this cookie (another tab, a shared computer's profile, a
+        # stolen one) stops working now, not when it would have expired.
+        await run_in_threadpool(sign_out, self.store, session.card_key)
         response = self.redirect(request, "/login?signed_out=1")
         self.clear_cookie(request, response, SESSION_COOKIE)
         return response

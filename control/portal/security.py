@@ -2,8 +2,9 @@
 the response headers.
 
 Sessions are stateless signed cookies (itsdangerous), so any control process holding the same secret
-can serve any holder, and nothing about sessions is written to LMDB. A session carries only the card
-key, the login time and a random CSRF nonce; never the PIN. Signatures are timestamped with the
+can serve any holder, and nothing about a session is written to LMDB but the card's sign-out count
+(`control.portal.statement.sign_out`), which ends every copy of a cookie at once. A session carries
+only the card key, the login time, that count and a random CSRF nonce; never the PIN. Signatures are timestamped with the
 portal's injected clock, so expiry follows the same time source as the rest of radcore (and tests
 can move it). Two limits apply: idle (the cookie is re-signed on every page, so an active holder
 stays in) and absolute (from the login time inside the payload, so a stolen cookie does not live
@@ -126,6 +127,7 @@ class Session:
     card_key: bytes
     login_at: int
     nonce: str  # the CSRF nonce of this session
+    epoch: int = 0  # the card's sign-out count when it was issued
 
 
 class Sessions:
@@ -152,19 +154,20 @@ class Sessions:
         self._pre = serializer("radcore.portal.pre-session")
         self._csrf = serializer("radcore.portal.csrf")
 
-    def issue(self, card_key: bytes) -> tuple[str, Session]:
+    def issue(self, card_key: bytes, epoch: int) -> tuple[str, Session]:
         """A new session with a fresh nonce: logging in never reuses the pre-session's nonce."""
-        session = Session(card_key, int(self.clock()), secrets.token_urlsafe(18))
+        session = Session(card_key, int(self.clock()), secrets.token_urlsafe(18), epoch)
         return self.dump(session), session
 
     def dump(self, session: Session) -> str:
-        return self._session.dumps({"k": session.card_key.hex(), "t": session.login_at, "c": session.nonce})
+        return self._session.dumps({"k": session.card_key.hex(), "t": session.login_at, "c": session.nonce,
+                                    "e": session.epoch})
 
     def read(self, value: str | None) -> Session | None:
         """The session in a cookie, or None if it is missing, forged, idle too long or too old."""
         doc = self._load(self._session, value, self.idle)
         try:
-            session = Session(bytes.fromhex(doc["k"]), int(doc["t"]), str(doc["c"]))
+            session = Session(bytes.fromhex(doc["k"]), int(doc["t"]), str(doc["c"]), int(doc.get("e", 0)))
         except (TypeError, KeyError, ValueError):
             return None
         if len(session.card_key) != 8 or int(self.clock()) - session.login_at > self.lifetime:

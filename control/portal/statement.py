@@ -8,6 +8,11 @@ Cards whose series cannot use the panel (flag off, deleted, not fully generated)
 the PIN is looked at and without touching the counter: otherwise the portal would let anyone lock
 RADIUS users of series that never offered a panel.
 
+Signing out ends every copy of the session, not just the browser's cookie. Session cookies are
+stateless, so each carries the card's sign-out count at login (`sessions_epoch`, a meta counter);
+`sign_out` bumps the count, and a cookie with an older count is refused from then on, wherever it
+was copied to.
+
 Statement times are shown in the series' IANA time zone. A call belongs to the day it started in
 that zone; the `to` date is inclusive. Money stays in integer micro-units until `format_amount`
 renders it.
@@ -30,9 +35,9 @@ from radcore.errors import Invalid
 from radcore.keys import KeyRing
 from radcore.prepaid import register_failed_pin
 from radcore.replies import format_amount
-from radcore.store import (Card, CardStatus, Cdr, Series, SeriesStatus, Store, card_key, format_card_number,
-                           get_card, get_series, iter_card_cdrs, parse_card_number, put_card,
-                           split_card_key)
+from radcore.store import (Card, CardStatus, Cdr, Series, SeriesStatus, Store, bump_version, card_key,
+                           format_card_number, get_card, get_series, get_version, iter_card_cdrs,
+                           parse_card_number, put_card, split_card_key)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class LoginResult:
     outcome: Outcome
     card_key: bytes | None = None
     number: str = ""  # set once the card is known to exist, for logs (never the typed text)
+    sessions_epoch: int = 0  # the card's sign-out count, for the session cookie
 
     @property
     def ok(self) -> bool:
@@ -88,6 +94,7 @@ def authenticate(store: Store, keyring: KeyRing, config: PrepaidConfig, number: 
     with store.transaction() as txn:
         series = get_series(txn, store, series_no)
         card = get_card(txn, store, key)
+        epoch = sessions_epoch(txn, store, key)
     if card is None or series is None or not series.complete:
         keyring.pin_matches(pin, _DUMMY_DIGEST)
         return LoginResult(Outcome.UNKNOWN)
@@ -104,7 +111,7 @@ def authenticate(store: Store, keyring: KeyRing, config: PrepaidConfig, number: 
         _reset_failures(store, key)
     if card.status == CardStatus.BLOCKED:
         return LoginResult(Outcome.BLOCKED, number=shown)
-    return LoginResult(Outcome.OK, key, shown)
+    return LoginResult(Outcome.OK, key, shown, epoch)
 
 
 def _count_failure(store: Store, config: PrepaidConfig, key: bytes, series: Series, shown: str, now: int,
@@ -135,6 +142,24 @@ def _reset_failures(store: Store, key: bytes) -> None:
         if card is not None and card.failed_pins:
             card.failed_pins = 0
             put_card(txn, store, key, card)
+
+
+# --- signing out ------------------------------------------------------------------------------------
+
+def sessions_epoch(txn, store: Store, key: bytes) -> int:
+    """How often the holder of card `key` has signed out: sessions issued under an older count
+    are over (module docstring)."""
+    return get_version(txn, store, _epoch_name(key))
+
+
+def sign_out(store: Store, key: bytes) -> int:
+    """End every portal session of card `key`, copies of the cookie included; the new count."""
+    with store.transaction(write=True) as txn:
+        return bump_version(txn, store, _epoch_name(key))
+
+
+def _epoch_name(key: bytes) -> str:
+    return "portal_sign_outs:" + key.hex()
 
 
 # --- what a logged-in holder sees -------------------------------------------------------------------
@@ -197,9 +222,10 @@ class Holder:
         return self.date_text(self.card.expires_at)
 
 
-def load_holder(store: Store, key: bytes) -> Holder | None:
-    """The card behind a session, or None when it may no longer use the portal (the series lost
-    its panel or was deleted, or the card was blocked after the holder logged in)."""
+def load_holder(store: Store, key: bytes, epoch: int) -> Holder | None:
+    """The card behind a session issued under sign-out count `epoch`, or None when that session
+    is over (the holder signed out since) or the card may no longer use the portal (the series
+    lost its panel or was deleted, or the card was blocked after the holder logged in)."""
     try:
         series_no, serial = split_card_key(key)
     except Invalid:
@@ -207,7 +233,8 @@ def load_holder(store: Store, key: bytes) -> Holder | None:
     with store.transaction() as txn:
         series = get_series(txn, store, series_no)
         card = get_card(txn, store, key)
-    if card is None or not _portal_series(series) or card.status == CardStatus.BLOCKED:
+        current = sessions_epoch(txn, store, key)
+    if current != epoch or card is None or not _portal_series(series) or card.status == CardStatus.BLOCKED:
         return None
     assert series is not None
     return Holder(key, format_card_number(series_no, serial), series, card, zone_of(series))
