@@ -28,7 +28,7 @@ from radcore.keys import KeyRing
 from radcore.prepaid import Lookups
 from radcore.settlement import Settlement
 from radcore.store import (Series, Session, SessionState, Store, card_key, format_card_number,
-                           get_series, get_session, parse_card_number, split_card_key)
+                           get_series, get_session, iter_session_range, parse_card_number, split_card_key)
 
 #: RFC 2866 §5.10 Acct-Terminate-Cause Admin-Reset: the CDR says an operator ended the call.
 TERMINATE_ADMIN_RESET = 6
@@ -90,17 +90,11 @@ def list_sessions(store: Store, principal: Principal, *, card_number: str = "", 
     with store.transaction() as txn:
         owners = _Owners(txn, store)
         try:
-            cursor = txn.cursor(db=store.sessions)
-            found = cursor.set_range(max(after, prefix)) if (after or prefix) else cursor.first()
-            while found and len(out) <= limit:
-                key = bytes(cursor.key())
-                if prefix and not key.startswith(prefix):
+            for key, session in iter_session_range(txn, store, max(after, prefix), tombstones=include_stopped):
+                if len(out) > limit or (prefix and not key.startswith(prefix)):
                     break
-                raw = cursor.value()
-                found = cursor.next()
                 if key == after:
                     continue
-                session = Session.unpack(raw)
                 if not include_stopped and session.state not in _OPEN:
                     continue
                 if card is not None and session.card_key != card:

@@ -35,12 +35,15 @@ from radcore._lane cimport WriteAnswer
 include "_records.pxi"
 include "_sessions.pxi"
 
+from radcore.store import TOMBSTONE as _TOMBSTONE
 from radcore.store import next_cdr_key
+
+cdef bytes TOMBSTONE = _TOMBSTONE  # a stopped call's session key starts with it (radcore.store)
 
 cdef enum:
     HEADER = 20
     MAX_PACKET = 4096
-    MAX_KEY = 511               # LMDB's key size limit (radcore.records.MAX_KEY_SIZE)
+    MAX_KEY = 502               # a session key's size limit (radcore.records.MAX_SESSION_KEY_SIZE)
     START = 1
     STOP = 2
     INTERIM = 3
@@ -213,7 +216,11 @@ cdef class AccountingLane(WriteAnswer):
         cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
 
         cdef Sess s
+        cdef bint tombstone = False      # session_raw is a stopped call's, in the tombstone range
         cdef bytes session_raw = self._get(skey, None, self.sessions_db)
+        if session_raw is None:
+            session_raw = self._get(TOMBSTONE + skey, None, self.sessions_db)
+            tombstone = session_raw is not None
         cdef bytes card_raw
         cdef bint fresh = False          # a call nobody authorized, opened by this request
         cdef object rate
@@ -262,7 +269,7 @@ cdef class AccountingLane(WriteAnswer):
                 s.state = SESSION_STARTED
             if fresh and not self._open_call(card_raw, key):
                 return None
-            self._put_session(skey, session_raw, &s)
+            self._put_session(skey, session_raw, tombstone, &s)
             return self._reply(pkt, c.secret)
 
         # Interim-Update or Stop: settle on the card.
@@ -336,7 +343,7 @@ cdef class AccountingLane(WriteAnswer):
             # never deleted, so a free 0 means no other); a second one, rare, asks radcore.store.
             if not self._put(_cdr_key(ckey, stop_time, 0), cdr, True, False, False, self.cdrs_db):
                 self._put(next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, True, True, False, self.cdrs_db)
-        self._put_session(skey, session_raw, &s)
+        self._put_session(skey, session_raw, tombstone, &s)
         self._put(ckey, card, True, True, False, self.cards_db)
         return self._reply(pkt, c.secret)
 
@@ -384,19 +391,27 @@ cdef class AccountingLane(WriteAnswer):
         self._put(PyBytes_FromStringAndSize(<const char*>key, 8), card, True, True, False, self.cards_db)
         return True
 
-    cdef int _put_session(self, bytes skey, bytes old, Sess* s) except -1:
-        """radcore.store.put_session: the session and its entry in the deadline index."""
+    cdef int _put_session(self, bytes skey, bytes old, bint old_tombstone, Sess* s) except -1:
+        """radcore.store.put_session: the session and its entry in the deadline index, a stopped
+        call's under TOMBSTONE + key. `old` is what the call had, found in the tombstone range if
+        `old_tombstone` (a call is never in both ranges)."""
         cdef int64_t old_deadline
         cdef bint indexed = False
+        cdef bint tombstone = s.state == SESSION_STOPPED
+        cdef bytes where = TOMBSTONE + skey if tombstone else skey
+        cdef bytes was
         if old is not None:
+            was = TOMBSTONE + skey if old_tombstone else skey
             old_deadline = _le64(<const uint8_t*>PyBytes_AS_STRING(old) + 32)
-            if old_deadline != s.deadline:
-                self._delete(_deadline_key(old_deadline, skey), b"", self.deadlines_db)
+            if old_tombstone != tombstone or old_deadline != s.deadline:
+                self._delete(_deadline_key(old_deadline, was), b"", self.deadlines_db)
             else:
                 indexed = True  # put_session keeps the entry of a stored session's deadline
-        self._put(skey, _pack_session(s), True, True, False, self.sessions_db)
+            if old_tombstone != tombstone:
+                self._delete(was, b"", self.sessions_db)
+        self._put(where, _pack_session(s), True, True, False, self.sessions_db)
         if not indexed:
-            self._put(_deadline_key(s.deadline, skey), b"", True, True, False, self.deadlines_db)
+            self._put(_deadline_key(s.deadline, where), b"", True, True, False, self.deadlines_db)
         return 0
 
     cdef object _rate(self, uint32_t series_no, _Client c, Span called):

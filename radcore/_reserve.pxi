@@ -288,8 +288,9 @@ cdef class WriteLane(AccountingLane):
         if nas is None or PyBytes_GET_SIZE(nas) + 1 + cid.n > MAX_KEY:
             return None
         cdef bytes skey = nas + b"\0" + PyBytes_FromStringAndSize(<const char*>cid.p, cid.n)
-        if self._get(skey, None, self.sessions_db) is not None:
-            return None
+        if (self._get(skey, None, self.sessions_db) is not None
+                or self._get(TOMBSTONE + skey, None, self.sessions_db) is not None):
+            return None  # a re-authorization, or of a call already stopped: the reference's job
 
         # CardAuthenticator._reserve: the longest affordable call, and its cost held.
         cdef Sess s
@@ -332,7 +333,7 @@ cdef class WriteLane(AccountingLane):
         open_calls += 1
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
-        self._put_session(skey, None, &s)
+        self._put_session(skey, None, False, &s)
         self._put(ckey, card, True, True, False, self.cards_db)
         self.answered += 1
         return _signed_accept(pkt, attrs, c.secret)

@@ -23,6 +23,9 @@ from radcore.errors import Invalid, StoreError
 MAX_SERIES = 99_999
 MAX_SERIAL = 99_999_999
 MAX_KEY_SIZE = 511  # LMDB's compiled-in default (mdb_env_get_maxkeysize)
+#: A session key is also stored behind a one-octet tombstone mark and an 8-octet deadline
+#: (`radcore.store`), and each of those keys must fit MAX_KEY_SIZE too.
+MAX_SESSION_KEY_SIZE = MAX_KEY_SIZE - 9
 
 _U16 = struct.Struct("<H")
 _SERIES_KEY = struct.Struct(">I")
@@ -91,8 +94,9 @@ def name_key(name: str, field: str = "name") -> bytes:
 def session_key(nas: str, call_id: str) -> bytes:
     """utf-8 NAS identity + NUL + call id (h323-conf-id or Acct-Session-Id)."""
     raw = nas.encode() + b"\x00" + call_id.encode()
-    if "\x00" in nas or len(raw) > MAX_KEY_SIZE:
-        raise Invalid("session", "NAS identity must not contain NUL and the key must fit 511 bytes")
+    if "\x00" in nas or len(raw) > MAX_SESSION_KEY_SIZE:
+        raise Invalid("session", f"NAS identity must not contain NUL and the key must fit "
+                                 f"{MAX_SESSION_KEY_SIZE} bytes")
     return raw
 
 

@@ -118,13 +118,14 @@ class Settlement:
 
     def _find_session(self, txn, req: Request, client: Client, nas: str, skey: bytes,
                       now: int) -> Session | None:
-        raw = txn.get(skey, db=self.store.sessions)
-        if raw is not None:
-            return Session.unpack(raw)
+        session = st.get_session(txn, self.store, skey)
+        if session is not None:
+            return session
         card_key = self._card_of(txn, req, client)
         if card_key is None:
             return None
-        # An authorization without a call id was filed by card and number; adopt it now.
+        # An authorization without a call id was filed by card and number; adopt it now (an open
+        # one only: the plain key, never the tombstone range).
         number = st.format_card_number(*st.split_card_key(card_key))
         fkey = st.session_key(nas, fallback_call_id(number, req.called))
         raw = txn.get(fkey, db=self.store.sessions)

@@ -6,6 +6,7 @@ are in `radcore.records`, re-exported here so that callers import persistence fr
 
 from __future__ import annotations
 
+import heapq
 import os
 import struct
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import lmdb
 
 from radcore.errors import StoreError
 from radcore.records import (  # noqa: F401  (re-exported: callers import persistence from here)
-    MAX_SERIES, MAX_SERIAL, MAX_KEY_SIZE, series_key, card_key, split_card_key, format_card_number,
+    MAX_SERIES, MAX_SERIAL, MAX_KEY_SIZE, MAX_SESSION_KEY_SIZE, series_key, card_key, split_card_key, format_card_number,
     parse_card_number, name_key, session_key, cdr_key, CardStatus, SeriesStatus, SessionState,
     CARD_FORMAT, CARD_FIXED_SIZE, CARD_OFFSETS, Card, SESSION_FORMAT, Session, SESSION_FIXED_SIZE,
     CDR_FORMAT, Cdr, Series, RateTable, TaxProfile, RoutingPlan, Reseller,
@@ -297,52 +298,80 @@ def append_cdr(txn: lmdb.Transaction, store: Store, ckey: bytes, cdr: Cdr) -> by
 
 
 # --- sessions and their deadline index --------------------------------------------------------------
-# `session_deadlines` holds u64 BE deadline + session key -> b"", so the sweeper finds what is due with
+# `session_deadlines` holds u64 BE deadline + stored key -> b"", so the sweeper finds what is due with
 # one cursor walk from the start instead of scanning every open call and tombstone. put_session and
 # delete_session keep it in step; write sessions only through them.
+#
+# A stopped call's session (its tombstone, kept `session_retention_seconds` so that a late duplicate
+# Stop is recognised and never charged twice) is stored under TOMBSTONE + session key: a key range of
+# its own after every open call, since a UTF-8 key never starts with 0xFF. Open calls are few and
+# written three times each (authorize, Start, Stop); tombstones are a day's worth of calls. Keyed
+# together, each of those writes lands on its own page of a B-tree the size of a day's calls, and a
+# group commit writes and fsyncs every such page; apart, the open calls of a whole batch share a
+# handful of pages. A tombstone an older release kept under the plain key is still found (the plain
+# key is looked up first) and moves to the tombstone range when next written.
 
-def _deadline_key(deadline: int, skey: bytes) -> bytes:
-    return _U64BE.pack(max(deadline, 0)) + skey
+TOMBSTONE = b"\xff"
+
+
+def _deadline_key(deadline: int, stored: bytes) -> bytes:
+    return _U64BE.pack(max(deadline, 0)) + stored
+
+
+def _stored_key(skey: bytes, session: Session) -> bytes:
+    return TOMBSTONE + skey if session.state == SessionState.STOPPED else skey
 
 
 def put_session(txn: lmdb.Transaction, store: Store, skey: bytes, session: Session) -> None:
+    where = _stored_key(skey, session)
     try:
-        old = txn.get(skey, db=store.sessions)
-        if old is not None:
+        for stored in (skey, TOMBSTONE + skey):
+            old = txn.get(stored, db=store.sessions)
+            if old is None:
+                continue
             old_deadline = Session._FIXED.unpack_from(old)[4]
-            if old_deadline != session.deadline:
-                txn.delete(_deadline_key(old_deadline, skey), db=store.session_deadlines)
-        txn.put(skey, session.pack(), db=store.sessions)
-        txn.put(_deadline_key(session.deadline, skey), b"", db=store.session_deadlines)
+            if stored != where or old_deadline != session.deadline:
+                txn.delete(_deadline_key(old_deadline, stored), db=store.session_deadlines)
+            if stored != where:
+                txn.delete(stored, db=store.sessions)
+        txn.put(where, session.pack(), db=store.sessions)
+        txn.put(_deadline_key(session.deadline, where), b"", db=store.session_deadlines)
     except lmdb.Error as e:
         raise store.error(e) from e
 
 
 def delete_session(txn: lmdb.Transaction, store: Store, skey: bytes,
                    session: Session | None = None) -> bool:
-    """Remove a session and its deadline entry; `session` (as stored) saves a read when the caller has it."""
+    """Remove a session (open or tombstone) and its deadline entry; `session` (as stored) saves a
+    read when the caller has it."""
     try:
         if session is None:
-            raw = txn.get(skey, db=store.sessions)
-            if raw is None:
+            session = get_session(txn, store, skey)
+            if session is None:
                 return False
-            session = Session.unpack(raw)
-        txn.delete(_deadline_key(session.deadline, skey), db=store.session_deadlines)
-        return txn.delete(skey, db=store.sessions)
+        deleted = False
+        for stored in (skey, TOMBSTONE + skey):
+            txn.delete(_deadline_key(session.deadline, stored), db=store.session_deadlines)
+            deleted = txn.delete(stored, db=store.sessions) or deleted
+        return deleted
     except lmdb.Error as e:
         raise store.error(e) from e
 
 
 def get_session(txn: lmdb.Transaction, store: Store, skey: bytes) -> Session | None:
+    """The call's session, open or stopped (a tombstone)."""
     try:
         raw = txn.get(skey, db=store.sessions)
+        if raw is None:
+            raw = txn.get(TOMBSTONE + skey, db=store.sessions)
     except lmdb.Error as e:
         raise store.error(e) from e
     return None if raw is None else Session.unpack(raw)
 
 
 def iter_sessions(txn: lmdb.Transaction, store: Store, nas: str) -> Iterator[tuple[bytes, Session]]:
-    """(session key, Session) of one NAS: its key range `nas NUL ...` (Accounting-On/Off releases them)."""
+    """(session key, Session) of one NAS's open calls: its key range `nas NUL ...` (Accounting-On/Off
+    releases them). Tombstones are not walked, except those an older release kept in that range."""
     prefix = nas.encode() + b"\x00"
     try:
         cursor = txn.cursor(db=store.sessions)
@@ -351,6 +380,28 @@ def iter_sessions(txn: lmdb.Transaction, store: Store, nas: str) -> Iterator[tup
         for key, value in cursor:
             if key[:len(prefix)] != prefix:
                 return
+            yield key, Session.unpack(value)
+    except lmdb.Error as e:
+        raise store.error(e) from e
+
+
+def iter_session_range(txn: lmdb.Transaction, store: Store, start: bytes = b"", *,
+                       tombstones: bool = False) -> Iterator[tuple[bytes, Session]]:
+    """(session key, Session) from `start` on, in session-key order: the open calls, merged with the
+    tombstones when `tombstones` (so a listing pages the same way whichever range a call is in)."""
+    def walk(low: bytes, high: bytes | None, mark: int) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(db=store.sessions)
+        if not cursor.set_range(low):
+            return
+        for key, value in cursor:
+            if high is not None and key >= high:
+                return
+            yield key[mark:], value
+    ranges = [walk(start, TOMBSTONE, 0)]
+    if tombstones:
+        ranges.append(walk(TOMBSTONE + start, None, len(TOMBSTONE)))
+    try:
+        for key, value in heapq.merge(*ranges, key=lambda item: item[0]):
             yield key, Session.unpack(value)
     except lmdb.Error as e:
         raise store.error(e) from e
@@ -369,12 +420,13 @@ def iter_expired_sessions(txn: lmdb.Transaction, store: Store, now: int,
             deadline = _U64BE.unpack(ikey[:8])[0]
             if deadline > now or len(due) >= limit:
                 break
-            raw = txn.get(ikey[8:], db=store.sessions)
+            stored = ikey[8:]
+            raw = txn.get(stored, db=store.sessions)
             session = None if raw is None else Session.unpack(raw)
             if session is None or max(session.deadline, 0) != deadline:
                 stale.append(ikey)
             else:
-                due.append((ikey[8:], session))
+                due.append((stored[len(TOMBSTONE):] if stored[:1] == TOMBSTONE else stored, session))
         for ikey in stale:
             txn.delete(ikey, db=store.session_deadlines)
     except lmdb.Error as e:

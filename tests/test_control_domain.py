@@ -19,7 +19,7 @@ from radcore.errors import Conflict, InsufficientBalance, Invalid, NotFound
 from radcore.prepaid import Lookups
 from radcore.settlement import Settlement
 from radcore.store import (CardStatus, Series, SeriesStatus, Session, SessionState, card_key,
-                           get_card, iter_card_cdrs, put_card, put_session, session_key)
+                           get_card, get_session, iter_card_cdrs, put_card, put_session, session_key)
 
 DAY = 86_400
 
@@ -471,9 +471,9 @@ def test_release_session_equals_the_sweeper(tmp_path, state):
                         sessions.TERMINATE_ADMIN_RESET)
             with env.store.transaction() as txn:
                 cdrs = [replace(c, stop_time=0) for _, c in iter_card_cdrs(txn, env.store, card_key(45, 1))]
-                raw = txn.get(skey, db=env.store.sessions)
+                after = get_session(txn, env.store, skey)
             state_only = replace(card(env, 45, 1), pin_digest=bytes(32), pin_blob=b"")  # PINs are random
-            results.append((state_only, cdrs, raw and Session.unpack(raw)))
+            results.append((state_only, cdrs, after))
     assert results[0] == results[1]
     c, cdrs, after = results[0]
     assert c.reserved == 0 and c.open_calls == 0

@@ -47,6 +47,7 @@ from radcore.store import (
     card_key,
     get_card,
     iter_card_cdrs,
+    iter_session_range,
     put_card,
 )
 
@@ -200,13 +201,11 @@ def _state(bench: Bench, serial: int) -> tuple[Card, list[Session], list]:
     prefix = f"192.0.2.10\0{serial}-".encode()  # session key: NAS + NUL + h323-conf-id
     with bench.store.begin() as txn:
         card = get_card(txn, bench.store, key)
-        cursor = txn.cursor(db=bench.store.sessions)
         sessions = []
-        if cursor.set_range(prefix):
-            for skey, raw in cursor:
-                if not skey.startswith(prefix):
-                    break
-                sessions.append(Session.unpack(raw))
+        for skey, session in iter_session_range(txn, bench.store, prefix, tombstones=True):
+            if not skey.startswith(prefix):
+                break
+            sessions.append(session)
         cdrs = [c for _, c in iter_card_cdrs(txn, bench.store, key)]
     return card, sessions, cdrs
 

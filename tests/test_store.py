@@ -14,8 +14,8 @@ from radcore.store import (CARD_FIXED_SIZE, CARD_FORMAT, CARD_OFFSETS, DB_NAMES,
                            cdr_key, format_card_number, get_card, get_series, get_version, iter_card_cdrs,
                            iter_series_cards, name_key, next_cdr_key, parse_card_number, put_card,
                            put_series, series_key, session_key, split_card_key)
-from radcore.store import (append_cdr, delete_session, get_session, iter_expired_sessions, iter_sessions,
-                           put_session)
+from radcore.store import (MAX_SESSION_KEY_SIZE, TOMBSTONE, append_cdr, delete_session, get_session,
+                           iter_expired_sessions, iter_session_range, iter_sessions, put_session)
 
 I64 = st.integers(-(2**63), 2**63 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -375,3 +375,57 @@ def test_sessions_and_deadline_index(store):
         txn.delete(b, db=store.sessions)  # written behind put_session's back: index entry goes stale
         assert iter_expired_sessions(txn, store, NOW + 100) == []
         assert txn.stat(store.session_deadlines)["entries"] == 0
+
+
+def test_stopped_calls_live_in_the_tombstone_range_apart_from_open_calls(store):
+    """A tombstone is kept under TOMBSTONE + key, after every open call, so the open calls of a batch
+    share a few pages; every reader still finds it by the plain key."""
+    open_, stopped = session_key("gw1", "open"), session_key("gw1", "stopped")
+    with store.transaction(write=True) as txn:
+        put_session(txn, store, open_, session(NOW + 10, state=SessionState.STARTED))
+        put_session(txn, store, stopped, session(NOW + 10, state=SessionState.STARTED))
+        put_session(txn, store, stopped, session(NOW + 99, state=SessionState.STOPPED, charged=5))
+        assert [bytes(k) for k, _ in txn.cursor(db=store.sessions)] == [open_, TOMBSTONE + stopped]
+        assert [bytes(k[8:]) for k, _ in txn.cursor(db=store.session_deadlines)] == [open_, TOMBSTONE + stopped]
+        assert get_session(txn, store, stopped).charged == 5
+        assert [k for k, _ in iter_sessions(txn, store, "gw1")] == [open_]
+        assert [k for k, _ in iter_session_range(txn, store)] == [open_]
+        assert [k for k, _ in iter_session_range(txn, store, tombstones=True)] == [open_, stopped]
+        assert [k for k, _ in iter_session_range(txn, store, open_ + b"\0", tombstones=True)] == [stopped]
+        # Amending a stopped call keeps it where it is, with one deadline entry.
+        put_session(txn, store, stopped, session(NOW + 99, state=SessionState.STOPPED, charged=6))
+        assert txn.stat(store.session_deadlines)["entries"] == 2
+        assert [(k, s.charged) for k, s in iter_expired_sessions(txn, store, NOW + 99)] == [(open_, 0), (stopped, 6)]
+        assert delete_session(txn, store, stopped)
+        assert get_session(txn, store, stopped) is None
+        assert txn.stat(store.session_deadlines)["entries"] == 1 and txn.stat(store.sessions)["entries"] == 1
+
+
+def test_a_tombstone_under_the_plain_key_is_still_found_moved_and_swept(store):
+    """Stores written before the tombstone range kept stopped calls under the plain key."""
+    skey = session_key("gw1", "old")
+    legacy = session(NOW + 50, state=SessionState.STOPPED, charged=3)
+    with store.transaction(write=True) as txn:
+        txn.put(skey, legacy.pack(), db=store.sessions)
+        txn.put(struct.pack(">Q", NOW + 50) + skey, b"", db=store.session_deadlines)
+        assert get_session(txn, store, skey) == legacy
+        assert [k for k, _ in iter_expired_sessions(txn, store, NOW + 50)] == [skey]
+        put_session(txn, store, skey, session(NOW + 60, state=SessionState.STOPPED, charged=4))
+        assert [bytes(k) for k, _ in txn.cursor(db=store.sessions)] == [TOMBSTONE + skey]
+        assert [bytes(k) for k, _ in txn.cursor(db=store.session_deadlines)] == [
+            struct.pack(">Q", NOW + 60) + TOMBSTONE + skey]
+        txn.put(skey, legacy.pack(), db=store.sessions)  # and one that is never written again
+        assert delete_session(txn, store, skey) and get_session(txn, store, skey) is None
+        assert txn.stat(store.sessions)["entries"] == 0
+
+
+def test_the_longest_session_key_fits_with_its_tombstone_mark_and_deadline(store):
+    longest = session_key("gw", "x" * (MAX_SESSION_KEY_SIZE - 3))
+    assert len(longest) == MAX_SESSION_KEY_SIZE
+    with pytest.raises(Invalid, match="session"):
+        session_key("gw", "x" * (MAX_SESSION_KEY_SIZE - 2))
+    with store.transaction(write=True) as txn:
+        put_session(txn, store, longest, session(NOW + 1))
+        put_session(txn, store, longest, session(NOW + 2, state=SessionState.STOPPED))
+        assert get_session(txn, store, longest).state == SessionState.STOPPED
+        assert [k for k, _ in iter_expired_sessions(txn, store, NOW + 2)] == [longest]
