@@ -177,6 +177,16 @@ cdef inline int64_t _arrival(mmsghdr* msg) noexcept nogil:
     return 0
 
 
+cdef inline uint32_t _mix32(uint32_t h) noexcept nogil:
+    """MurmurHash3's finalizer: every input bit flips about half the output bits."""
+    h ^= h >> 16
+    h *= <uint32_t>0x85EBCA6B
+    h ^= h >> 13
+    h *= <uint32_t>0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
 cdef inline void _put16(uint8_t* p, uint32_t v) noexcept nogil:
     p[0] = (v >> 8) & 0xFF
     p[1] = v & 0xFF
@@ -482,8 +492,13 @@ cdef class Engine:
         cdef const uint8_t* prev
         cdef const uint8_t* pin
         cdef uint32_t tag = (<uint32_t>self.proc << 16) | <uint32_t>si
-        conf_len = snprintf(conf, sizeof(conf), b"h323-conf-id=%08X %08X %08X %08X", self.nonce, tag,
-                            <uint32_t>(f.call >> 32), <uint32_t>f.call)
+        # A gateway's conf-ids look random from the first word on, so its calls' session keys
+        # land all over the server's key space; a leading counter would file them in one run per
+        # socket and flatter any store keyed by them. The rest keeps every conf-id unique.
+        conf_len = snprintf(conf, sizeof(conf), b"h323-conf-id=%08X %08X %08X %08X",
+                            _mix32(<uint32_t>f.call ^ (<uint32_t>(f.call >> 32) * <uint32_t>0x85EBCA6B)
+                                   ^ (tag * <uint32_t>0x9E3779B9) ^ self.nonce),
+                            self.nonce, tag, <uint32_t>f.call)
         sess_len = snprintf(sess, sizeof(sess), b"%08X%04X%08X", self.nonce, tag & 0xFFFF,
                             <uint32_t>f.call)
         out[1] = <uint8_t>ident

@@ -10,6 +10,8 @@ card starts as soon as one ends):
 - `card-auth`: Access-Request with User-Name = card number, User-Password = PIN,
   Message-Authenticator, NAS-IP-Address, Calling-Station-Id. Stage 1 of the prepaid flow.
 - `number-auth`: the same plus Called-Station-Id and a Cisco h323-conf-id (stage 2: rate + reserve).
+  Conf-ids look random from their first word on, as a gateway's do, so calls are filed all over
+  the server's session keys rather than in one sequential run per socket.
 - `acct`: Accounting-Request Start, then Stop (with Acct-Session-Time) for the same call.
 - `call`: a whole call: card-auth, number-auth, Start, Stop (the next step only after an Accept).
 - `mixed`: of every four flows three are whole calls and one is a balance check (card-auth only).

@@ -145,3 +145,49 @@ def test_loadgen_counts_replies_that_fail_verification():
     counts = summary["counts"]
     assert counts["ok"] > 0 and counts["bad"] > 0, counts
     assert counts["timeouts"] > 0, counts  # a request whose only reply failed is still unanswered
+
+
+def test_loadgen_conf_ids_are_unique_and_spread_like_a_gateways():
+    """Session keys are filed by h323-conf-id: a sequential one would fill one run of the server's
+    key space per socket, which no real gateway does, and flatter the store."""
+    import socket
+    import threading
+
+    from radcore import dictionary as d
+    from radcore import packet
+
+    secret = b"responder-secret-0123"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+    conf_ids: list[str] = []
+
+    def respond():
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            req = packet.parse_request(data, secret)
+            if req.status_type == d.AcctStatus.START:
+                conf_ids.append(req.conf_id)
+            sock.sendto(packet.encode_response(req, d.Code.ACCOUNTING_RESPONSE, [], secret), addr)
+
+    thread = threading.Thread(target=respond, daemon=True)
+    thread.start()
+    try:
+        loadgen.run_load(auth=sock.getsockname(), acct=sock.getsockname(), secret=secret,
+                         cards=[(b"45-000000001", b"1234567890")], mode="acct", window=1, sockets=1,
+                         duration=0.5, warmup=0.0, timeout=0.2)
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    assert len(conf_ids) > 50
+    assert len(set(conf_ids)) == len(conf_ids)
+    assert all(len(c) == 35 and all(len(w) == 8 for w in c.split(" ")) for c in conf_ids), conf_ids[:3]
+    firsts = [int(c[:8], 16) for c in conf_ids]
+    rising = sum(b > a for a, b in zip(firsts, firsts[1:])) / (len(firsts) - 1)
+    assert 0.3 < rising < 0.7, f"first words in send order rise {rising:.0%} of the time: {conf_ids[:5]}"
+    assert max(firsts) - min(firsts) > 1 << 30
