@@ -17,9 +17,13 @@ Environment: RADCORE_BENCH_CARDS and RADCORE_BENCH_SECONDS override the card cou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import itertools
 import os
+import socket
+import threading
 
 import pytest
 
@@ -32,6 +36,8 @@ except ImportError as exc:
                 allow_module_level=True)
 
 from bench import _loadgen, loadgen
+from radcore import dictionary as d
+from radcore import packet
 from bench.servers import SECRET, RadcoreServer
 from bench.provision import provision
 
@@ -106,42 +112,44 @@ def test_radcore_end_to_end(benchmark, server, cards, sizes, mode):
         info["batch_avg"] = round((after["replies"] - before["replies"]) / (after["batches"] - before["batches"]), 1)
 
 
-def test_loadgen_counts_replies_that_fail_verification():
-    """A responder that signs every other reply with the wrong secret: those are `bad`, never answers."""
-    import socket
-    import threading
-
-    from radcore import dictionary as d
-    from radcore import packet
-
-    secret = b"responder-secret-0123"
+@contextlib.contextmanager
+def _responder(secret: bytes, answer):
+    """A UDP server on 127.0.0.1, in a thread, replying to each request with `answer(request)`:
+    (code, signing secret). Yields its address."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(0.2)
     stop = threading.Event()
 
     def respond():
-        n = 0
         while not stop.is_set():
             try:
                 data, addr = sock.recvfrom(4096)
             except TimeoutError:
                 continue
             req = packet.parse_request(data, secret)
-            key = secret if n % 2 == 0 else b"some-other-secret"
-            sock.sendto(packet.encode_response(req, d.Code.ACCESS_ACCEPT, [], key), addr)
-            n += 1
+            code, key = answer(req)
+            sock.sendto(packet.encode_response(req, code, [], key), addr)
 
     thread = threading.Thread(target=respond, daemon=True)
     thread.start()
     try:
-        summary = loadgen.run_load(auth=sock.getsockname(), acct=sock.getsockname(), secret=secret,
-                                   cards=[(b"45-000000001", b"1234567890")], mode="card-auth", window=1,
-                                   sockets=1, duration=0.5, warmup=0.0, timeout=0.05)
+        yield sock.getsockname()
     finally:
         stop.set()
         thread.join()
         sock.close()
+
+
+def test_loadgen_counts_replies_that_fail_verification():
+    """A responder that signs every other reply with the wrong secret: those are `bad`, never answers."""
+    secret = b"responder-secret-0123"
+    sent = itertools.count()
+    with _responder(secret, lambda req: (d.Code.ACCESS_ACCEPT,
+                                         secret if next(sent) % 2 == 0 else b"some-other-secret")) as address:
+        summary = loadgen.run_load(auth=address, acct=address, secret=secret,
+                                   cards=[(b"45-000000001", b"1234567890")], mode="card-auth", window=1,
+                                   sockets=1, duration=0.5, warmup=0.0, timeout=0.05)
     counts = summary["counts"]
     assert counts["ok"] > 0 and counts["bad"] > 0, counts
     assert counts["timeouts"] > 0, counts  # a request whose only reply failed is still unanswered
@@ -150,40 +158,17 @@ def test_loadgen_counts_replies_that_fail_verification():
 def test_loadgen_conf_ids_are_unique_and_spread_like_a_gateways():
     """Session keys are filed by h323-conf-id: a sequential one would fill one run of the server's
     key space per socket, which no real gateway does, and flatter the store."""
-    import socket
-    import threading
-
-    from radcore import dictionary as d
-    from radcore import packet
-
     secret = b"responder-secret-0123"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
     conf_ids: list[str] = []
 
-    def respond():
-        while not stop.is_set():
-            try:
-                data, addr = sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            req = packet.parse_request(data, secret)
-            if req.status_type == d.AcctStatus.START:
-                conf_ids.append(req.conf_id)
-            sock.sendto(packet.encode_response(req, d.Code.ACCOUNTING_RESPONSE, [], secret), addr)
+    def answer(req):
+        if req.status_type == d.AcctStatus.START:
+            conf_ids.append(req.conf_id)
+        return d.Code.ACCOUNTING_RESPONSE, secret
 
-    thread = threading.Thread(target=respond, daemon=True)
-    thread.start()
-    try:
-        loadgen.run_load(auth=sock.getsockname(), acct=sock.getsockname(), secret=secret,
-                         cards=[(b"45-000000001", b"1234567890")], mode="acct", window=1, sockets=1,
-                         duration=0.5, warmup=0.0, timeout=0.2)
-    finally:
-        stop.set()
-        thread.join()
-        sock.close()
+    with _responder(secret, answer) as address:
+        loadgen.run_load(auth=address, acct=address, secret=secret, cards=[(b"45-000000001", b"1234567890")],
+                         mode="acct", window=1, sockets=1, duration=0.5, warmup=0.0, timeout=0.2)
     assert len(conf_ids) > 50
     assert len(set(conf_ids)) == len(conf_ids)
     assert all(len(c) == 35 and all(len(w) == 8 for w in c.split(" ")) for c in conf_ids), conf_ids[:3]
