@@ -18,6 +18,12 @@ face balance 1,000,000.00 USD and `max_concurrent_calls` 65535, because the `num
 authorizes calls that are never started (each holds a reservation until the sweeper expires it),
 and every card is authorized many times in one run. Calls in the other modes end with a Stop.
 A `manifest.json` records what was made; a second run with the same parameters reuses it.
+
+`--tombstones N` also files N calls that stopped within the last day, as a store a day into service
+holds them (prepaid `session_retention_seconds` keeps each one a day, so that a late duplicate Stop
+is recognised): random conf-ids from the load generator's NAS, on random cards. A fresh store makes
+every session write cheap; this is the store real traffic meets. Such a store is rebuilt when it is
+more than an hour old, so the tombstones do not all fall due in the middle of a run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import sys
 import time
@@ -35,6 +42,8 @@ PIN_LENGTH = 10
 FACE_BALANCE = 1_000_000 * 1_000_000          # micro-units: 1,000,000.00 USD
 MAX_CONCURRENT = 65535
 CALLED = "442079460000"                        # rated by prefix 44 below
+NAS_IP = "192.0.2.10"                          # the load generator's NAS-IP-Address
+RETENTION = 86_400                             # prepaid.session_retention_seconds' default
 MAP_SIZE = 2 << 30                             # at least; every process opening the store must agree on it
 MAP_BYTES_PER_CARD = 1024                      # about 4x what a card takes, so 10M cards fit with room
 ACCEPT_ATTRIBUTES = (                          # what FreeRADIUS and pyrad answer a card authentication with
@@ -52,18 +61,21 @@ def map_size(cards: int) -> int:
 
 
 def provision(out: str | os.PathLike, cards: int = 100_000, *, force: bool = False,
-              progress=None, freeradius: bool = True) -> dict:
+              progress=None, freeradius: bool = True, tombstones: int = 0) -> dict:
     """Create (or reuse) everything under `out`; returns the manifest with absolute paths.
 
     `freeradius=False` skips the users file (radcore-only runs such as `bench.scale`, where ten
-    million FreeRADIUS entries would only cost time and disk).
+    million FreeRADIUS entries would only cost time and disk). `tombstones`: calls stopped within
+    the last day, filed in the radcore store (module docstring).
     """
     out = Path(out).resolve()
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
         if (manifest.get("cards") == cards and manifest.get("version") == VERSION
-                and (manifest.get("freeradius_users") or not freeradius)):
+                and (manifest.get("freeradius_users") or not freeradius)
+                and manifest.get("tombstones", 0) == tombstones
+                and (not tombstones or time.time() - manifest.get("made", 0) < 3600)):
             return manifest
     if out.exists():
         for name in ("radcore", "freeradius", "cards.txt", "manifest.json"):
@@ -74,7 +86,7 @@ def provision(out: str | os.PathLike, cards: int = 100_000, *, force: bool = Fal
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    pins = _provision_radcore(out / "radcore" / "var", cards, progress)
+    pins = _provision_radcore(out / "radcore" / "var", cards, progress, tombstones)
     numbers = [f"{SERIES}-{serial:09d}" for serial in range(cards)]
     with open(out / "cards.txt", "w") as f:
         f.writelines(f"{n} {p}\n" for n, p in zip(numbers, pins))
@@ -86,12 +98,13 @@ def provision(out: str | os.PathLike, cards: int = 100_000, *, force: bool = Fal
     manifest = {"version": VERSION, "cards": cards, "series": SERIES, "called": CALLED,
                 "store": str(out / "radcore" / "var"), "cards_file": str(out / "cards.txt"),
                 "freeradius_users": str(users) if users else None, "map_size": map_size(cards),
+                "tombstones": tombstones, "made": int(time.time()),
                 "seconds": round(time.monotonic() - started, 1)}
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def _provision_radcore(var: Path, count: int, progress) -> list[str]:
+def _provision_radcore(var: Path, count: int, progress, tombstones: int = 0) -> list[str]:
     from radcore.generation import generate_series
     from radcore.keys import KeyRing
     from radcore.rating import Rate, put_rate, put_rate_table
@@ -109,6 +122,7 @@ def _provision_radcore(var: Path, count: int, progress) -> list[str]:
             pin_length=PIN_LENGTH, rate_table="retail", initial_status=CardStatus.ACTIVATED,
             max_concurrent_calls=MAX_CONCURRENT), clock=lambda: int(time.time()),
             chunk_size=min(count, 20_000), progress=progress)
+        _file_tombstones(store, tombstones, count)
         with store.begin() as txn:
             pins = []
             for serial in range(count):
@@ -118,6 +132,26 @@ def _provision_radcore(var: Path, count: int, progress) -> list[str]:
         return pins
     finally:
         store.close()
+
+
+def _file_tombstones(store, count: int, cards: int) -> None:
+    """`count` stopped calls, through the store's own put_session (so they land where the code under
+    test keeps tombstones), stopped evenly over the last day: each is due RETENTION after its Stop."""
+    from radcore.store import Session, SessionState, card_key, put_session, session_key
+
+    rng = random.Random(count)
+    now = int(time.time())
+    for first in range(0, count, 50_000):
+        with store.begin(write=True) as txn:
+            for _ in range(first, min(count, first + 50_000)):
+                conf = " ".join(f"{rng.getrandbits(32):08X}" for _ in range(4))
+                stopped = now - rng.randrange(RETENTION)
+                put_session(txn, store, session_key(NAS_IP, conf), Session(
+                    card_key=card_key(SERIES, rng.randrange(cards)), state=SessionState.STOPPED,
+                    opened_at=stopped - 120, deadline=stopped + RETENTION, charged=290_000,
+                    last_session_time=120, price_per_minute=120_000, connection_fee=50_000,
+                    min_volume=60, interval=6, prefix="44", called=CALLED, acct_session_id=conf[:8],
+                    conf_id=conf, nas=NAS_IP))
 
 
 def copy_store(manifest: dict, dest: str | os.PathLike) -> Path:
@@ -148,8 +182,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cards", type=int, default=100_000)
     parser.add_argument("--out", required=True, help="directory to write (reused when it matches)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT matches")
+    parser.add_argument("--tombstones", type=int, default=0, help="calls stopped within the last day")
     args = parser.parse_args(argv)
-    manifest = provision(args.out, args.cards, force=args.force)
+    manifest = provision(args.out, args.cards, force=args.force, tombstones=args.tombstones)
     print(json.dumps(manifest, indent=1))
     return 0
 

@@ -130,6 +130,11 @@ class RadcoreServer:
         except OSError:
             return ""
 
+    def restart(self) -> RadcoreServer:
+        """Stop, and start again on a fresh copy of the provisioned store."""
+        self.stop()
+        return self.start()
+
     def stop(self) -> None:
         if self.proc is None:
             return
