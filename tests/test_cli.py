@@ -208,7 +208,11 @@ def test_cards_export_xlsx_and_csv(cli, tmp_path):
     path = tmp_path / "out.xlsx"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
-    rows = list(load_workbook(path, read_only=True).worksheets[0].iter_rows(values_only=True))
+    book = load_workbook(path, read_only=True)  # read-only keeps the file open until close()
+    try:
+        rows = list(book.worksheets[0].iter_rows(values_only=True))
+    finally:
+        book.close()
     assert {"Series", "Status", "Number", "Balance", "PIN"} <= set(rows[0]) and len(rows) == 21
     by_number = {r["Number"]: r for r in (dict(zip(rows[0], row)) for row in rows[1:])}
     assert Decimal(str(by_number["48-000000001"]["Balance"])) == Decimal("3.5")
