@@ -62,6 +62,8 @@ SETTINGS = (
             "simultaneous calls per card (default 1)", "N"),
     Setting("time_zone", ("--time-zone",), "text", "IANA zone for dates shown to people, e.g. "
             "Europe/Berlin (default UTC)", "ZONE"),
+    Setting("language", ("--language",), "text", "h323-preferred-lang for the switch's prompts, e.g. en, es "
+            "(default: none sent)", "TAG"),
     Setting("notes", ("--notes",), "text", "free text for operators", "TEXT"),
     Setting("control_panel", ("--control-panel",), "bool",
             "card holders may log in to the web portal (--no-control-panel: may not)"),
@@ -319,6 +321,7 @@ def show_series(ctx: a.Context, s: pb.Series, *, title: str) -> None:
         ("Expiry period", f"{s.expiry_period_days} days after activation" if s.expiry_period_days
          else "none"),
         ("Max concurrent calls", s.max_concurrent_calls), ("Time zone", s.time_zone),
+        ("Language", s.language or "none"),
         ("Control panel", "yes" if s.control_panel else "no"), ("Notes", s.notes),
         ("Created (UTC)", v.utc(s.created_at)), ("Updated (UTC)", v.utc(s.updated_at)),
     ], title=title)

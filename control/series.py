@@ -28,7 +28,7 @@ from control.auth import Principal, check_owner, require_admin
 from control.catalog import Refused, check_references
 from radcore.clock import Clock
 from radcore.errors import Conflict, Invalid, NotFound
-from radcore.generation import rollback_generation, start_generation
+from radcore.generation import check_language, rollback_generation, start_generation
 from radcore.keys import KeyRing
 from radcore.rating import get_rate_table
 from radcore.store import MAX_SERIES, Series, SeriesStatus, Store, get_series, put_series
@@ -39,7 +39,7 @@ _INT64_MAX = 2**63 - 1
 #: Fields UpdateSeries may change; every other Series field is fixed once cards exist.
 EDITABLE = ("name", "notes", "face_balance", "rate_table", "tax_profile", "routing_plan", "activation_fee",
             "maintenance_fee", "maintenance_period_hours", "expiry_date", "expiry_period_days",
-            "max_concurrent_calls", "time_zone", "control_panel", "reseller")
+            "max_concurrent_calls", "time_zone", "language", "control_panel", "reseller")
 
 
 class Progress(NamedTuple):
@@ -195,6 +195,7 @@ def _validate_settings(txn: lmdb.Transaction, store: Store, s: Series, changed: 
     _check_int("max_concurrent_calls", s.max_concurrent_calls, 1, 0xFFFF)
     if not isinstance(s.control_panel, bool):
         raise Invalid("control_panel", "must be true or false")
+    check_language(s.language)
     try:
         ZoneInfo(s.time_zone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as e:

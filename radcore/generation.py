@@ -74,6 +74,8 @@ _SORT_RUN = 1 << 16
 GENERATION_NICE = 10
 _INT64_MAX = 2**63 - 1
 _CURRENCY = re.compile(r"[A-Z]{3}")
+#: h323-preferred-lang values as switches' IVR scripts take them ("en", "sp", "pt-BR"), or empty.
+_LANGUAGE = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]{0,15})?")
 
 
 def _int(name: str, value: object, low: int, high: int) -> int:
@@ -87,6 +89,14 @@ def _int(name: str, value: object, low: int, high: int) -> int:
 def _text(name: str, value: object, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise Invalid(name, f"must be text of at most {limit} characters")
+    return value
+
+
+def check_language(value: object) -> str:
+    """A series' language, sent to the switch as h323-preferred-lang; raises Invalid naming it."""
+    if not isinstance(value, str) or not _LANGUAGE.fullmatch(value):
+        raise Invalid("language", f"{value!r} is not a language tag: up to 16 letters, digits and "
+                                  "hyphens, starting with a letter (e.g. en, es, pt-BR)")
     return value
 
 
@@ -121,6 +131,7 @@ def validate_new_series(txn: lmdb.Transaction, store: Store, series: Series, *, 
         raise Invalid("expiry_date", "is already in the past")
     _int("expiry_period_days", series.expiry_period_days, 0, 36_600)
     _int("max_concurrent_calls", series.max_concurrent_calls, 1, 0xFFFF)
+    check_language(series.language)
     try:
         ZoneInfo(_text("time_zone", series.time_zone, 64))
     except (ZoneInfoNotFoundError, ValueError) as e:

@@ -206,6 +206,12 @@ def test_hundred_thousand_card_series_lifecycle(h):
     err = rpc_error(h.admin.series.UpdateSeries, pb.UpdateSeriesRequest(series=pb.Series(number=45, quantity=5),
                                                                         update_mask=mask("quantity")))
     assert err.code() == C.INVALID_ARGUMENT and err.details().startswith("quantity")
+    spoken = h.admin.series.UpdateSeries(pb.UpdateSeriesRequest(series=pb.Series(number=45, language="pt-BR"),
+                                                                update_mask=mask("language")))
+    assert spoken.language == "pt-BR" and spoken.name == "Big promo 2"
+    err = rpc_error(h.admin.series.UpdateSeries, pb.UpdateSeriesRequest(series=pb.Series(number=45, language="-x"),
+                                                                        update_mask=mask("language")))
+    assert err.code() == C.INVALID_ARGUMENT and err.details().startswith("language")
 
     stopped = h.admin.series.SetSeriesStatus(pb.SetSeriesStatusRequest(number=45, status=pb.SERIES_STATUS_STOPPED))
     assert stopped.status == pb.SERIES_STATUS_STOPPED
@@ -228,6 +234,7 @@ def test_hundred_thousand_card_series_lifecycle(h):
     (dict(number=100_000), "number"), (dict(time_zone="Mars/Base"), "time_zone"),
     (dict(reseller="ghost"), "reseller"), (dict(currency="EUR"), "rate_table"),
     (dict(initial_status=pb.CARD_STATUS_USED), "initial_status"),
+    (dict(language="e s"), "language"), (dict(language="x" * 17), "language"),
 ])
 def test_create_series_invalid_argument_names_field(h, fields, field):
     values = dict(number=50, quantity=10, rate_table="std")

@@ -74,18 +74,25 @@ def test_card_created_through_the_api_authenticates_over_radius(served):
         interval=6)), metadata=auth)
     progress = list(series.CreateSeries(pb.CreateSeriesRequest(series=pb.Series(
         number=77, name="API series", face_balance_micro=5_000_000, quantity=1000, pin_length=10,
-        rate_table="retail")), metadata=auth))
+        rate_table="retail", language="es")), metadata=auth))
     assert progress[-1].series.number == 77 and progress[-1].done == 1000
+    assert progress[-1].series.language == "es"
     card = cards.GetCard(pb.GetCardRequest(number="77-000000042", include_pin=True), metadata=auth)
     pin = card.pin.replace(" ", "")
 
     with UdpClient() as nas:
+        # The series' language reaches the switch with the card authentication (the C lane's
+        # answer) and with the number authorization.
+        balance = nas.exchange(server.auth_port, packet.encode_access_request(
+            3, os.urandom(16), [(d.USER_NAME, b"77-000000042")], SECRET.encode(), password=pin.encode()))
+        assert balance is not None and balance[0] == d.Code.ACCESS_ACCEPT, server.log()
+        assert b"h323-preferred-lang=es" in balance
         reply = nas.exchange(server.auth_port, packet.encode_access_request(
             1, os.urandom(16), [(d.USER_NAME, b"77-000000042"), (d.CALLED_STATION_ID, b"442079460000"),
                                 (d.vsa_key(9, d.H323_CONF_ID), b"h323-conf-id=API-1")],
             SECRET.encode(), password=pin.encode()))
         assert reply is not None, server.log()
-        assert reply[0] == d.Code.ACCESS_ACCEPT
+        assert reply[0] == d.Code.ACCESS_ACCEPT and b"h323-preferred-lang=es" in reply
         stop = packet.encode_accounting_request(2, [
             (d.USER_NAME, b"77-000000042"), (d.ACCT_STATUS_TYPE, (2).to_bytes(4, "big")),
             (d.ACCT_SESSION_ID, b"api-1"), (d.vsa_key(9, d.H323_CONF_ID), b"h323-conf-id=API-1"),
