@@ -373,16 +373,10 @@ def iter_sessions(txn: lmdb.Transaction, store: Store, nas: str) -> Iterator[tup
     """(session key, Session) of one NAS's open calls: its key range `nas NUL ...` (Accounting-On/Off
     releases them). Tombstones are not walked, except those an older release kept in that range."""
     prefix = nas.encode() + b"\x00"
-    try:
-        cursor = txn.cursor(db=store.sessions)
-        if not cursor.set_range(prefix):
+    for key, session in iter_session_range(txn, store, prefix):
+        if key[:len(prefix)] != prefix:
             return
-        for key, value in cursor:
-            if key[:len(prefix)] != prefix:
-                return
-            yield key, Session.unpack(value)
-    except lmdb.Error as e:
-        raise store.error(e) from e
+        yield key, session
 
 
 def iter_session_range(txn: lmdb.Transaction, store: Store, start: bytes = b"", *,
