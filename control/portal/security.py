@@ -4,9 +4,9 @@ the response headers.
 Sessions are stateless signed cookies (itsdangerous), so any control process holding the same secret
 can serve any holder, and nothing about a session is written to LMDB but the card's sign-out count
 (`control.portal.statement.sign_out`), which ends every copy of a cookie at once. A session carries
-only the card key, the login time, that count and a random CSRF nonce; never the PIN. Signatures are timestamped with the
-portal's injected clock, so expiry follows the same time source as the rest of radcore (and tests
-can move it). Two limits apply: idle (the cookie is re-signed on every page, so an active holder
+only the card key, the login time, that count and a random CSRF nonce; never the PIN. Signatures
+are timestamped with the portal's injected clock, so expiry follows the same time source as the
+rest of radcore (and tests can move it). Two limits apply: idle (the cookie is re-signed on every page, so an active holder
 stays in) and absolute (from the login time inside the payload, so a stolen cookie does not live
 forever by being used).
 
