@@ -3,8 +3,11 @@
 
 `radcore.settlement.Settlement` is the reference; this lane is the same arithmetic over the same
 record layouts (`radcore.records`: the card, session and CDR structs), run inside the worker's C loop
-(`radcore._lane.Lane.serve`) in one write transaction per batch that commits durably before any reply
-leaves. What it answers:
+(`radcore._lane.Lane.serve`) in a write transaction that is durable before any reply leaves: committed
+at the end of the batch or, while more requests are already waiting, kept open for the next batch
+with this batch's puts and deletes appended to the write-ahead journal (`radcore.journal`) and
+flushed; it commits (a checkpoint) within `server.checkpoint_ms`, or once the backlog is gone, or as
+soon as anything else in the process wants to write. What it answers:
 
 - Start of a call authorized earlier (the session exists): the session becomes `started`.
 - Start, Interim-Update or Stop of a call nobody authorized (a Stop-only NAS, or auth answered
@@ -24,10 +27,12 @@ leave the same bytes in the store and send the same replies, over generated call
 rating arithmetic both parts share, `_acctparse.pxi` the reading of an Accounting-Request.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from radcore._fastpath cimport _equal, _packet_md5
 from radcore._lane cimport WriteAnswer
@@ -35,10 +40,25 @@ from radcore._lane cimport WriteAnswer
 include "_records.pxi"
 include "_sessions.pxi"
 
+from radcore import journal
+from radcore.store import DB_NAMES
 from radcore.store import TOMBSTONE as _TOMBSTONE
 from radcore.store import next_cdr_key
 
 cdef bytes TOMBSTONE = _TOMBSTONE  # a stopped call's session key starts with it (radcore.store)
+# The databases the lane writes, as the journal names them (their index in radcore.store.DB_NAMES).
+cdef uint8_t DB_CARDS = DB_NAMES.index("cards")
+cdef uint8_t DB_SESSIONS = DB_NAMES.index("sessions")
+cdef uint8_t DB_CDRS = DB_NAMES.index("cdrs")
+cdef uint8_t DB_DEADLINES = DB_NAMES.index("session_deadlines")
+cdef uint8_t PUT_OP = journal.PUT
+cdef uint8_t DELETE_OP = journal.DELETE
+
+
+cdef inline int64_t _monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 cdef enum:
     HEADER = 20
@@ -76,7 +96,15 @@ cdef class AccountingLane(WriteAnswer):
     cdef object txn
     cdef object session_cursor      # over `sessions` in txn
     cdef dict by_number             # NAS identity -> whether it has calls filed by card and number
-    cdef object _get, _put, _delete # txn's methods, called with positional arguments (no keyword parsing)
+    cdef object _get, _txn_put, _txn_delete  # txn's methods, called with positional arguments
+    # The write-ahead journal (radcore.journal): None until `hold` turns it on.
+    cdef object journal             # radcore.journal.JournalWriter, opened at the first append
+    cdef bytearray ops              # this batch's puts and deletes, encoded for the journal
+    cdef int64_t hold_ns            # server.checkpoint_ms: how long txn may stay open
+    cdef int64_t opened_ns          # when txn was opened
+    cdef bint journaled             # txn holds batches that only the journal has made durable
+    cdef public long long appends   # batches made durable by a journal append (metrics, tests)
+    cdef public long long checkpoints  # commits of a transaction that spanned journaled batches
     cdef int64_t now
     cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
     cdef int64_t retention          # session_retention_seconds
@@ -102,18 +130,51 @@ cdef class AccountingLane(WriteAnswer):
         self.call_seconds = config.max_call_seconds + config.reservation_grace_seconds
         self.retention = config.session_retention_seconds
         self.txn = None
+        self.ops = bytearray()
+        self.hold_ns = 0
         self.version = -2
         self.rated_at = -1
         self.rated = {}
         self.clients = {}
         self.answered = 0
 
+    def hold(self, int checkpoint_ms):
+        """Keep the write transaction open across batches for up to `checkpoint_ms` while requests
+        are waiting, journaling each batch instead of committing it (0: commit every batch)."""
+        if checkpoint_ms < 0:
+            raise ValueError("checkpoint_ms must be >= 0")
+        self.flush()
+        self.hold_ns = <int64_t>checkpoint_ms * 1000000
+        self.store.holder = self if checkpoint_ms else None
+        if not checkpoint_ms and self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def flush(self):
+        """Commit the transaction kept open across batches, if any (a checkpoint)."""
+        if self.txn is not None:
+            self._checkpoint()
+
+    def flush_due(self):
+        """Commit the transaction kept open across batches once it is `checkpoint_ms` old."""
+        if self.txn is not None and _monotonic_ns() - self.opened_ns >= self.hold_ns:
+            self._checkpoint()
+
     cdef int begin(self) except -1:
         self.now = self.clock()
-        self.txn = self.store.begin(write=True)
-        self.session_cursor = self.txn.cursor(db=self.sessions_db)
         self.by_number = {}
-        self._get, self._put, self._delete = self.txn.get, self.txn.put, self.txn.delete
+        self._forget_ops()
+        if self.txn is not None:
+            # Still open from an earlier batch, which held the write lock since: the lookups
+            # cannot have changed, only the clock.
+            if self.now != self.rated_at:
+                self.rated_at = self.now
+                self.rated.clear()
+            return 0
+        self.txn = self.store.begin(write=True)
+        self.opened_ns = _monotonic_ns()
+        self.session_cursor = self.txn.cursor(db=self.sessions_db)
+        self._get, self._txn_put, self._txn_delete = self.txn.get, self.txn.put, self.txn.delete
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version or self.now != self.rated_at:
             if self.lookups.version != self.version:
@@ -123,22 +184,101 @@ cdef class AccountingLane(WriteAnswer):
             self.rated.clear()
         return 0
 
-    cdef int commit(self) except -1:
+    cdef int commit(self, bint more) except -1:
+        if more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns:
+            if PyByteArray_GET_SIZE(self.ops):
+                if self.journal is None:
+                    self.journal = journal.JournalWriter(self.store.journal_dir)
+                self.journal.append(self.ops)
+                self._forget_ops()
+                self.journaled = True
+                self.appends += 1
+            return 0
+        self._checkpoint()
+        return 0
+
+    cdef int _checkpoint(self) except -1:
+        """Commit durably; the commit records that every journaled batch is in the store."""
         txn, self.txn = self.txn, None
-        self.session_cursor = self._get = self._put = self._delete = None
-        txn.commit()
+        self.session_cursor = self._get = self._txn_put = self._txn_delete = None
+        self._forget_ops()
+        try:
+            if self.journaled:
+                self.journal.mark(txn, self.store.meta)
+            txn.commit()
+        except BaseException:
+            self._lost(txn)
+            raise
+        if self.journaled:
+            self.journaled = False
+            self.checkpoints += 1
+            self.journal.rotate_if_large()
         return 0
 
     cdef int abort(self) except -1:
-        txn, self.txn = self.txn, None
-        self.session_cursor = self._get = self._put = self._delete = None
-        if txn is not None:
-            txn.abort()
+        """Forget this batch's writes. Earlier batches of the open transaction were answered on
+        the journal's strength: if this batch wrote nothing the transaction stays open for its
+        checkpoint, else all of it goes and the journal is handed to recovery."""
+        txn = self.txn
+        if txn is None or self.journaled and not PyByteArray_GET_SIZE(self.ops):
+            return 0  # nothing to forget: the transaction stays open for its checkpoint
+        self.txn = None
+        self.session_cursor = self._get = self._txn_put = self._txn_delete = None
+        self._forget_ops()
+        self._lost(txn)
         return 0
 
-    def run_batch(self, items):
+    cdef int _lost(self, object txn) except -1:
+        """`txn` will not commit: abort it and, if it held journaled batches, close the journal so
+        the next write transaction (this process's own included) replays them."""
+        txn.abort()
+        if self.journaled:
+            self.journaled = False
+            self.journal.close()
+            self.journal = None
+        return 0
+
+    cdef bint _put(self, bytes key, bytes value, bint overwrite, object db, uint8_t dbid) except -1:
+        """txn.put, and the same put for the journal."""
+        if not self._txn_put(key, value, True, overwrite, False, db):
+            return False
+        if self.hold_ns:
+            self._log(PUT_OP, dbid, key, value)
+        return True
+
+    cdef int _delete(self, bytes key, object db, uint8_t dbid) except -1:
+        """txn.delete, and the same delete for the journal."""
+        self._txn_delete(key, b"", db)
+        if self.hold_ns:
+            self._log(DELETE_OP, dbid, key, b"")
+        return 0
+
+    cdef int _log(self, uint8_t op, uint8_t dbid, bytes key, bytes value) except -1:
+        """Append one operation to `ops` as radcore.journal.encode_op spells it."""
+        cdef Py_ssize_t kn = PyBytes_GET_SIZE(key), vn = PyBytes_GET_SIZE(value)
+        cdef Py_ssize_t at = PyByteArray_GET_SIZE(self.ops)
+        PyByteArray_Resize(self.ops, at + 8 + kn + vn)
+        cdef uint8_t* p = <uint8_t*>PyByteArray_AS_STRING(self.ops) + at
+        p[0] = op
+        p[1] = dbid
+        p[2] = <uint8_t>(kn & 0xFF)
+        p[3] = <uint8_t>(kn >> 8)
+        p[4] = <uint8_t>(vn & 0xFF)
+        p[5] = <uint8_t>((vn >> 8) & 0xFF)
+        p[6] = <uint8_t>((vn >> 16) & 0xFF)
+        p[7] = <uint8_t>(vn >> 24)
+        memcpy(p + 8, PyBytes_AS_STRING(key), kn)
+        memcpy(p + 8 + kn, PyBytes_AS_STRING(value), vn)
+        return 0
+
+    cdef inline int _forget_ops(self) except -1:
+        PyByteArray_Resize(self.ops, 0)
+        return 0
+
+    def run_batch(self, items, bint more=False):
         """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
-        batch: each answered (reply bytes) or declined (None); committed once if any was answered."""
+        batch: each answered (reply bytes) or declined (None); made durable once if any was answered
+        (`more`: as if more requests were waiting, so it may be journaled instead of committed)."""
         cdef bytes pkt
         out = []
         self.begin()
@@ -154,10 +294,13 @@ cdef class AccountingLane(WriteAnswer):
                     out.append(self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
                                               client, ip))
             if any(wire is not None for wire in out):
-                self.commit()
-            return out
-        finally:
+                self.commit(more)
+            else:
+                self.abort()
+        except BaseException:
             self.abort()
+            raise
+        return out
 
     def decide(self, data, client, ip):
         """One datagram in its own write transaction, committed if answered (tests, cross-check)."""
@@ -341,10 +484,10 @@ cdef class AccountingLane(WriteAnswer):
         if cdr is not None:
             # The first call of this card to stop in this second takes sequence number 0 (CDRs are
             # never deleted, so a free 0 means no other); a second one, rare, asks radcore.store.
-            if not self._put(_cdr_key(ckey, stop_time, 0), cdr, True, False, False, self.cdrs_db):
-                self._put(next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, True, True, False, self.cdrs_db)
+            if not self._put(_cdr_key(ckey, stop_time, 0), cdr, False, self.cdrs_db, DB_CDRS):
+                self._put(next_cdr_key(self.txn, self.store, ckey, stop_time), cdr, True, self.cdrs_db, DB_CDRS)
         self._put_session(skey, session_raw, tombstone, &s)
-        self._put(ckey, card, True, True, False, self.cards_db)
+        self._put(ckey, card, True, self.cards_db, DB_CARDS)
         return self._reply(pkt, c.secret)
 
     cdef bint _files_by_number(self, bytes nas) except -1:
@@ -388,7 +531,7 @@ cdef class AccountingLane(WriteAnswer):
         open_calls += 1
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
-        self._put(PyBytes_FromStringAndSize(<const char*>key, 8), card, True, True, False, self.cards_db)
+        self._put(PyBytes_FromStringAndSize(<const char*>key, 8), card, True, self.cards_db, DB_CARDS)
         return True
 
     cdef int _put_session(self, bytes skey, bytes old, bint old_tombstone, Sess* s) except -1:
@@ -404,14 +547,14 @@ cdef class AccountingLane(WriteAnswer):
             was = TOMBSTONE + skey if old_tombstone else skey
             old_deadline = _le64(<const uint8_t*>PyBytes_AS_STRING(old) + 32)
             if old_tombstone != tombstone or old_deadline != s.deadline:
-                self._delete(_deadline_key(old_deadline, was), b"", self.deadlines_db)
+                self._delete(_deadline_key(old_deadline, was), self.deadlines_db, DB_DEADLINES)
             else:
                 indexed = True  # put_session keeps the entry of a stored session's deadline
             if old_tombstone != tombstone:
-                self._delete(was, b"", self.sessions_db)
-        self._put(where, _pack_session(s), True, True, False, self.sessions_db)
+                self._delete(was, self.sessions_db, DB_SESSIONS)
+        self._put(where, _pack_session(s), True, self.sessions_db, DB_SESSIONS)
         if not indexed:
-            self._put(_deadline_key(s.deadline, where), b"", True, True, False, self.deadlines_db)
+            self._put(_deadline_key(s.deadline, where), b"", True, self.deadlines_db, DB_DEADLINES)
         return 0
 
     cdef object _rate(self, uint32_t series_no, _Client c, Span called):

@@ -26,6 +26,8 @@ cdef class WriteAnswer:
     # The same for an Access-Request the read lane (FastAnswer) declined: a number authorization.
     cdef object authorize(self, const uint8_t* pkt, Py_ssize_t n, object client, object ip)
     cdef bint inert
-    # Durable commit (fsync) of everything `account` wrote; `abort` forgets it.
-    cdef int commit(self) except -1
+    # Make everything `account` wrote durable before its replies leave: a commit, or, where `more`
+    # requests are already waiting, possibly a journal append that a later commit catches up with
+    # (radcore.journal). `abort` forgets what this batch wrote.
+    cdef int commit(self, bint more) except -1
     cdef int abort(self) except -1

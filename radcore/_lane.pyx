@@ -12,7 +12,8 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    `radcore._cardauth`) can answer without writing anything is answered right there: no Request object,
    no attribute list, just the reply bytes. A request that a `WriteAnswer` (the prepaid write lane,
    `radcore._acctlane`: accounting and number authorization) can decide is applied in its one write
-   transaction, and its reply held until that transaction's durable commit at the end of the walk.
+   transaction, and its reply held until that transaction is durable at the end of the walk: committed,
+   or, when `_waiting` finds the next batch already queued, journaled (radcore.journal).
    Answers are counted and stored in the duplicate cache exactly as the Python path would store them.
    Everything else (a wrong PIN, an activation, Accounting-On/Off, anything odd or malformed) becomes
    the `(datagram, address, socket, kind)` tuple the Python path takes, in arrival order, after the
@@ -101,7 +102,7 @@ cdef class WriteAnswer:
         self.inert = False
         return None
 
-    cdef int commit(self) except -1:
+    cdef int commit(self, bint more) except -1:
         return 0
 
     cdef int abort(self) except -1:
@@ -236,6 +237,17 @@ cdef class Lane:
                 return []
             if _monotonic_ns() >= deadline:
                 return []
+
+    cdef bint _waiting(self) noexcept:
+        """Whether a socket already holds the next batch's datagrams (one poll, no waiting)."""
+        cdef pollfd pfds[MAX_SOCKETS]
+        cdef int k
+        for k in range(self.nsocks):
+            pfds[k].fd = self.fds[k]
+            pfds[k].events = POLLIN
+        with nogil:
+            k = poll(pfds, self.nsocks, 0)
+        return k > 0
 
     cdef int _recv(self, int k, int first, int want, int* err) noexcept:
         cdef int i, got
@@ -374,7 +386,7 @@ cdef class Lane:
                 fate[i] = 2
             if wbegan and held:
                 try:
-                    write.commit()
+                    write.commit(self.received >= self.cap or self._waiting())
                     committed = True
                 except Exception as exc:
                     self._drop_held(held, fate)

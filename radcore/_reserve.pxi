@@ -334,7 +334,7 @@ cdef class WriteLane(AccountingLane):
         cp[OFF_OPEN_CALLS] = <uint8_t>(open_calls & 0xFF)
         cp[OFF_OPEN_CALLS + 1] = <uint8_t>(open_calls >> 8)
         self._put_session(skey, None, False, &s)
-        self._put(ckey, card, True, True, False, self.cards_db)
+        self._put(ckey, card, True, self.cards_db, DB_CARDS)
         self.answered += 1
         return _signed_accept(pkt, attrs, c.secret)
 

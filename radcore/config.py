@@ -57,6 +57,11 @@ class ServerConfig:
     `busy_poll_us`: after answering a batch, a worker polls its sockets this long before it sleeps,
     since more requests usually follow within microseconds and waking a sleeping process costs tens
     of them (more on a virtual machine); it costs at most that much CPU per batch, 0 turns it off.
+    `checkpoint_ms`: while accounting arrives faster than batches are answered, a worker may keep its
+    write transaction open this long, making each batch durable with one append to its write-ahead
+    journal (radcore.journal) instead of an LMDB commit of every page it touched. Other processes
+    (control plane, portal) see those batches at the commit, so at most this late; 0 commits every
+    batch.
     """
 
     data_dir: str = "var"
@@ -67,6 +72,7 @@ class ServerConfig:
     batch_max: int = 256
     duplicate_cache_seconds: int = 30
     busy_poll_us: int = 200
+    checkpoint_ms: int = 250
     log_level: str = "info"
     map_size_mb: int = 8192
 
@@ -311,6 +317,7 @@ class _Loader:
         self.between(cfg.batch_max, 1, 65536, "server.batch_max")
         self.between(cfg.duplicate_cache_seconds, 0, 3600, "server.duplicate_cache_seconds")
         self.between(cfg.busy_poll_us, 0, 100_000, "server.busy_poll_us")
+        self.between(cfg.checkpoint_ms, 0, 10_000, "server.checkpoint_ms")
         self.at_least(cfg.map_size_mb, 1, "server.map_size_mb")
         if cfg.log_level not in LOG_LEVELS:
             raise self.fail("server.log_level", f"{cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")

@@ -63,7 +63,9 @@ LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e
                    50e-3, 100e-3, 250e-3, 500e-3, 1.0)
 SCALARS = ("duplicates", "send_errors", "batches", "internal_errors", "worker_restarts", "fast_answers",
            # radcore.throttle.PinThrottle: PIN-only guessing, per line
-           "pin_only_unknown", "pin_only_throttled", "pin_only_lines_forgotten")
+           "pin_only_unknown", "pin_only_throttled", "pin_only_lines_forgotten",
+           # radcore.journal: batches made durable by an append, and the commits that caught up
+           "journal_appends", "checkpoints")
 
 # Row layout: offsets of each group in a row of unsigned 64-bit integers.
 _RECV = 0
@@ -237,6 +239,9 @@ class _Collector:
                  "worker_restarts": "Workers restarted after an unexpected exit",
                  "fast_answers": ("Requests answered by the C lanes (card authentication, number authorization, "
                                   "accounting); also counted in replies"),
+                 "journal_appends": ("Batches of the write lane made durable by an append to the write-ahead "
+                                     "journal while requests were waiting, their LMDB commit deferred"),
+                 "checkpoints": "LMDB commits of a write transaction that held journaled batches",
                  "pin_only_unknown": "Unknown PINs from PIN-only lines, each one costing its line a token",
                  "pin_only_throttled": ("PIN-only Access-Requests rejected before their PIN was looked up, "
                                         "because their line had no token left"),

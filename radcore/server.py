@@ -205,6 +205,9 @@ class Worker:
         if self.lane is not None:
             self.lane.on_recv_error = self._on_recv_error
             self.lane.on_lane_error = self._on_lane_error
+        self._journal_seen = (0, 0)  # the write lane's appends and checkpoints already counted
+        if self.fast_write is not None:
+            self.fast_write.hold(config.server.checkpoint_ms)
 
     def run(self, sigmask: set | None = None) -> int:
         """Serve until SIGTERM (or the supervisor dies); the batch in hand is always finished.
@@ -236,6 +239,7 @@ class Worker:
             ready: list[int] = []
             while not self._stopping:
                 if not ready:
+                    self._checkpoint()  # idle: nothing may keep the store's write lock
                     for key, _ in sel.select(max(0.0, next_tick - time.monotonic())):
                         if key.data is None:
                             _drain(wake_r)
@@ -243,6 +247,9 @@ class Worker:
                             ready.append(key.data)
                 if ready:
                     self._serve(ready)
+                    if self.fast_write is not None:
+                        self.fast_write.flush_due()
+                        self._count_journal()
                     ready = self.lane.spin(self.busy_poll) if self.busy_poll > 0 else []
                 if self._reload:
                     self._reload_clients()
@@ -251,10 +258,33 @@ class Worker:
                     next_tick = time.monotonic() + TICK_SECONDS
             return 0
         finally:
+            self._checkpoint()
             signal.set_wakeup_fd(-1)
             sel.close()
             wake_r.close()
             wake_w.close()
+
+    def _checkpoint(self) -> None:
+        """Commit what the write lane holds open across batches (radcore.journal). Should the commit
+        fail, the journal still has it: the next write transaction replays it."""
+        if self.fast_write is None:
+            return
+        try:
+            self.fast_write.flush()
+        except Exception:
+            self.recorder.add("internal_errors")
+            self.ratelog(logging.ERROR, "checkpoint", "checkpoint commit failed; the journal keeps "
+                         "its batches for recovery", exc_info=True)
+        self._count_journal()
+
+    def _count_journal(self) -> None:
+        lane = self.fast_write
+        appends, checkpoints = self._journal_seen
+        if lane.appends != appends or lane.checkpoints != checkpoints:
+            self.recorder.add("journal_appends", lane.appends - appends)
+            self.recorder.add("checkpoints", lane.checkpoints - checkpoints)
+            self._journal_seen = (lane.appends, lane.checkpoints)
+            self.recorder.publish()
 
     def _on_term(self, signum, frame) -> None:
         self._stopping = True
@@ -288,6 +318,7 @@ class Worker:
                     self.recorder.replied(d.Code.ACCOUNTING_RESPONSE, accounted)
                 self.recorder.add("fast_answers", answered)
             if rest:
+                self._checkpoint()  # the Python path reads and writes committed state
                 answered += self.handle_batch(rest)
         except Exception:
             self.recorder.add("internal_errors")

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import lmdb
 
+from radcore import journal
 from radcore.errors import StoreError
 from radcore.records import (  # noqa: F401  (re-exported: callers import persistence from here)
     MAX_SERIES, MAX_SERIAL, MAX_KEY_SIZE, MAX_SESSION_KEY_SIZE, series_key, card_key, split_card_key, format_card_number,
@@ -61,6 +62,11 @@ class Store:
     (an Accounting-Response we sent) survives power loss. `sync=False` is for tests and benchmarks only.
     `readahead=False` by default because the RADIUS load is random point lookups over a map that may be
     larger than RAM; readahead would evict useful pages.
+
+    A worker's write lane may hold its write transaction open across batches, its changes made durable
+    in the meantime by a write-ahead journal (`radcore.journal`). So every write transaction first
+    replays what a dead writer journaled and never committed, and, in the process that holds such a
+    transaction (`holder`), first makes it commit.
     """
 
     def __init__(self, path: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
@@ -71,9 +77,14 @@ class Store:
         self.readonly = readonly
         self._pid = os.getpid()
         self.env: lmdb.Environment | None = None
+        self.journal_dir = os.path.join(self.path, journal.DIRECTORY)
+        #: The object (the worker's write lane) whose `flush()` commits a write transaction this
+        #: process keeps open between batches; a second write transaction would wait for it forever.
+        self.holder: Any = None
         try:
             if not readonly:
                 os.makedirs(self.path, mode=0o700, exist_ok=True)
+                os.makedirs(self.journal_dir, mode=0o700, exist_ok=True)
             elif not os.path.isfile(os.path.join(self.path, "data.mdb")):
                 raise StoreError(f"{self.path} is not an initialised radcore data directory")
             self.env = lmdb.open(self.path, map_size=self.map_size, subdir=True, readonly=readonly,
@@ -84,6 +95,9 @@ class Store:
             # old pages alive and make the file grow.
             self.env.reader_check()
             self._open_dbs()
+            if not readonly and os.listdir(self.journal_dir):
+                with self.begin(write=True):
+                    pass  # replays what a writer that died journaled
         except lmdb.Error as e:
             self.close()
             raise self._error_for_open(e) from e
@@ -115,6 +129,7 @@ class Store:
 
     def _assign_dbs(self, handles: list[Any]) -> None:
         # Spelled out (not setattr) so tools see the attributes; the order is DB_NAMES.
+        self.handles = tuple(handles)
         (self.series, self.cards, self.pins, self.sessions, self.cdrs, self.rates, self.rate_tables,
          self.tax_profiles, self.routing_plans, self.resellers, self.tokens, self.audit, self.meta,
          self.generation, self.session_deadlines) = handles
@@ -144,12 +159,21 @@ class Store:
                              "open a new Store after fork")
         if write and self.readonly:
             raise StoreError(f"store at {self.path} is open read-only")
+        if write and self.holder is not None:
+            self.holder.flush()
         try:
             try:
-                return self.env.begin(write=write)
+                txn = self.env.begin(write=write)
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
-                return self.env.begin(write=write)
+                txn = self.env.begin(write=write)
+            if write:
+                try:
+                    journal.recover(txn, self, self.journal_dir)
+                except BaseException:
+                    txn.abort()
+                    raise
+            return txn
         except lmdb.Error as e:
             raise self.error(e) from e
 

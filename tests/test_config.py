@@ -32,7 +32,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert cfg.server.auth_listen == "127.0.0.1:1812" and cfg.server.acct_listen == "127.0.0.1:1813"
     assert cfg.server.metrics_listen == "127.0.0.1:9812"
     assert cfg.server.duplicate_cache_seconds == 30 and cfg.server.map_size_mb == 8192
-    assert cfg.server.busy_poll_us == 200
+    assert cfg.server.busy_poll_us == 200 and cfg.server.checkpoint_ms == 250
     assert cfg.control.grpc_listen == "127.0.0.1:50051" and cfg.control.portal_listen == "127.0.0.1:8080"
     assert cfg.prepaid.max_failed_pins == 5 and cfg.prepaid.reservation_grace_seconds == 120
     assert cfg.clients == ()
@@ -74,6 +74,7 @@ BAD = [
     ("[server]\nbatch_max = 0\n", "server.batch_max", "outside"),
     ("[server]\nduplicate_cache_seconds = -5\n", "server.duplicate_cache_seconds", "outside"),
     ("[server]\nbusy_poll_us = 200000\n", "server.busy_poll_us", "outside"),
+    ("[server]\ncheckpoint_ms = -1\n", "server.checkpoint_ms", "outside"),
     ("[server]\nmap_size_mb = 0\n", "server.map_size_mb", "minimum"),
     ('[server]\nlog_level = "loud"\n', "server.log_level", "not one of"),
     ('[server]\ndata_dir = ""\n', "server.data_dir", "must not be empty"),
