@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.freeradius import FreeRadius, build_config, free_port
 from bench.procs import launch, python_env, terminate, wait_ready
 from bench.provision import copy_store
+from radcore.config import ServerConfig
 
 SECRET = "bench-secret-2f6c1e9a07d4b358"
 
@@ -35,7 +36,8 @@ class RadcoreServer:
     name = "radcore"
 
     def __init__(self, work: Path, manifest: dict, *, workers: int = 1, cpus: str | None = None,
-                 batch_max: int | None = None, label: str | None = None, data_root: str | None = None):
+                 batch_max: int | None = None, label: str | None = None, data_root: str | None = None,
+                 checkpoint_ms: int | None = None):
         self.dir = work / (label or f"radcore-{workers}w")
         # The store lives in `data_root` when given (tmpfs for the radcore-shm diagnostic), else in dir/var.
         self.data = (Path(tempfile.mkdtemp(prefix="radcore-bench-", dir=data_root)) / "var"
@@ -45,6 +47,7 @@ class RadcoreServer:
         self.workers = workers
         self.cpus = cpus
         self.batch_max = batch_max
+        self.checkpoint_ms = checkpoint_ms
         self.label = label or self.name
         self.proc: subprocess.Popen | None = None
         self.ready: dict = {}
@@ -56,6 +59,8 @@ class RadcoreServer:
                  f"map_size_mb = {self.manifest['map_size'] >> 20}"]
         if self.batch_max:
             lines.append(f"batch_max = {self.batch_max}")
+        if self.checkpoint_ms is not None:
+            lines.append(f"checkpoint_ms = {self.checkpoint_ms}")
         lines += ["", "[prepaid]", "max_call_seconds = 3600", "",
                   "[[clients]]", 'name = "bench"', 'network = "127.0.0.1"', f'secret = "{SECRET}"',
                   'profile = "cisco"', ""]
@@ -104,6 +109,7 @@ class RadcoreServer:
     def info(self) -> dict:
         return {"workers": self.workers, "implementation": self.ready.get("implementation"),
                 "cpus": self.cpus, "batch_max": self.batch_max or 256, "store": str(self.data),
+                "checkpoint_ms": self.checkpoint_ms if self.checkpoint_ms is not None else ServerConfig.checkpoint_ms,
                 "durable": self.data_root is None}
 
     def counters(self) -> dict[str, float]:

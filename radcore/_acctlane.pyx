@@ -27,7 +27,7 @@ leave the same bytes in the store and send the same replies, over generated call
 rating arithmetic both parts share, `_acctparse.pxi` the reading of an Accounting-Request.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
@@ -99,7 +99,8 @@ cdef class AccountingLane(WriteAnswer):
     cdef object _get, _txn_put, _txn_delete  # txn's methods, called with positional arguments
     # The write-ahead journal (radcore.journal): None until `hold` turns it on.
     cdef object journal             # radcore.journal.JournalWriter, opened at the first append
-    cdef bytearray ops              # this batch's puts and deletes, encoded for the journal
+    cdef uint8_t* ops               # this batch's puts and deletes, encoded for the journal ...
+    cdef Py_ssize_t ops_n, ops_cap  # ... in this many octets of a buffer of ops_cap
     cdef int64_t hold_ns            # server.checkpoint_ms: how long txn may stay open
     cdef int64_t opened_ns          # when txn was opened
     cdef bint journaled             # txn holds batches that only the journal has made durable
@@ -130,7 +131,6 @@ cdef class AccountingLane(WriteAnswer):
         self.call_seconds = config.max_call_seconds + config.reservation_grace_seconds
         self.retention = config.session_retention_seconds
         self.txn = None
-        self.ops = bytearray()
         self.hold_ns = 0
         self.version = -2
         self.rated_at = -1
@@ -186,10 +186,10 @@ cdef class AccountingLane(WriteAnswer):
 
     cdef int commit(self, bint more) except -1:
         if more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns:
-            if PyByteArray_GET_SIZE(self.ops):
+            if self.ops_n:
                 if self.journal is None:
                     self.journal = journal.JournalWriter(self.store.journal_dir)
-                self.journal.append(self.ops)
+                self.journal.append(PyBytes_FromStringAndSize(<const char*>self.ops, self.ops_n))
                 self._forget_ops()
                 self.journaled = True
                 self.appends += 1
@@ -220,7 +220,7 @@ cdef class AccountingLane(WriteAnswer):
         the journal's strength: if this batch wrote nothing the transaction stays open for its
         checkpoint, else all of it goes and the journal is handed to recovery."""
         txn = self.txn
-        if txn is None or self.journaled and not PyByteArray_GET_SIZE(self.ops):
+        if txn is None or self.journaled and not self.ops_n:
             return 0  # nothing to forget: the transaction stays open for its checkpoint
         self.txn = None
         self.session_cursor = self._get = self._txn_put = self._txn_delete = None
@@ -256,9 +256,18 @@ cdef class AccountingLane(WriteAnswer):
     cdef int _log(self, uint8_t op, uint8_t dbid, bytes key, bytes value) except -1:
         """Append one operation to `ops` as radcore.journal.encode_op spells it."""
         cdef Py_ssize_t kn = PyBytes_GET_SIZE(key), vn = PyBytes_GET_SIZE(value)
-        cdef Py_ssize_t at = PyByteArray_GET_SIZE(self.ops)
-        PyByteArray_Resize(self.ops, at + 8 + kn + vn)
-        cdef uint8_t* p = <uint8_t*>PyByteArray_AS_STRING(self.ops) + at
+        cdef Py_ssize_t need = self.ops_n + 8 + kn + vn, cap
+        cdef uint8_t* grown
+        if need > self.ops_cap:
+            cap = self.ops_cap * 2 if self.ops_cap else 1 << 16
+            while cap < need:
+                cap *= 2
+            grown = <uint8_t*>PyMem_Realloc(self.ops, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self.ops, self.ops_cap = grown, cap
+        cdef uint8_t* p = self.ops + self.ops_n
+        self.ops_n = need
         p[0] = op
         p[1] = dbid
         p[2] = <uint8_t>(kn & 0xFF)
@@ -272,8 +281,11 @@ cdef class AccountingLane(WriteAnswer):
         return 0
 
     cdef inline int _forget_ops(self) except -1:
-        PyByteArray_Resize(self.ops, 0)
+        self.ops_n = 0
         return 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.ops)
 
     def run_batch(self, items, bint more=False):
         """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
