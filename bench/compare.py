@@ -402,7 +402,7 @@ def main(argv=None) -> int:
 
 
 def _checkpoint_ms(args) -> int:
-    return args.checkpoint_ms if args.checkpoint_ms is not None else ServerConfig.checkpoint_ms
+    return args.checkpoint_ms if args.checkpoint_ms is not None else ServerConfig().checkpoint_ms
 
 
 def _notes(args, ncpu: int) -> list[str]:

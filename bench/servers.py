@@ -109,7 +109,7 @@ class RadcoreServer:
     def info(self) -> dict:
         return {"workers": self.workers, "implementation": self.ready.get("implementation"),
                 "cpus": self.cpus, "batch_max": self.batch_max or 256, "store": str(self.data),
-                "checkpoint_ms": self.checkpoint_ms if self.checkpoint_ms is not None else ServerConfig.checkpoint_ms,
+                "checkpoint_ms": self.checkpoint_ms if self.checkpoint_ms is not None else ServerConfig().checkpoint_ms,
                 "durable": self.data_root is None}
 
     def counters(self) -> dict[str, float]:

@@ -6,8 +6,9 @@ record layouts (`radcore.records`: the card, session and CDR structs), run insid
 (`radcore._lane.Lane.serve`) in a write transaction that is durable before any reply leaves: committed
 at the end of the batch or, while more requests are already waiting, kept open for the next batch
 with this batch's puts and deletes appended to the write-ahead journal (`radcore.journal`) and
-flushed; it commits (a checkpoint) within `server.checkpoint_ms`, or once the backlog is gone, or as
-soon as anything else in the process wants to write. What it answers:
+flushed; it commits (a checkpoint) within `server.checkpoint_ms`, once the backlog is gone, at the
+end of a batch during which another writer started waiting for the lock, or as soon as anything else
+in the process wants to write. What it answers:
 
 - Start of a call authorized earlier (the session exists): the session becomes `started`.
 - Start, Interim-Update or Stop of a call nobody authorized (a Stop-only NAS, or auth answered
@@ -185,7 +186,8 @@ cdef class AccountingLane(WriteAnswer):
         return 0
 
     cdef int commit(self, bint more) except -1:
-        if more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns:
+        if (more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns
+                and not self.store.waiters.any()):  # nobody else is waiting to write
             if self.ops_n:
                 if self.journal is None:
                     self.journal = journal.JournalWriter(self.store.journal_dir)

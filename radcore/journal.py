@@ -18,6 +18,11 @@ that writer died finds them and must replay them before doing anything else: `St
 calls `recover` first. A live writer holds an exclusive flock(2) on its file, which is how recovery
 tells a dead writer's journal from a live one's; the kernel drops the lock when the process dies.
 
+A writer holding its transaction open must not starve the others (a second worker, the control
+plane's generation and fee runs): anyone about to wait for the LMDB write lock holds a shared flock
+on `writers.lock` in the journal directory while it waits (`Waiters`), and the holder, at the end of
+each batch, lets go (commits) instead of journaling if it cannot take that lock exclusively.
+
 File format: records of `<payload length u32, crc32 u32>` followed by the payload, a sequence of
 `<op u8, database u8, key length u16, value length u32>` + key + value. A torn or corrupt last record
 is one whose fdatasync never returned, so nobody was answered on its strength: replay stops there.
@@ -30,6 +35,7 @@ import fcntl
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from radcore.errors import StoreError
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
 
 DIRECTORY = "journal"
 SUFFIX = ".log"
+WAITERS = "writers.lock"
 META_PREFIX = b"journal:"            # + file name -> applied offset (u64), in the `meta` database
 PUT, DELETE = 1, 2
 RECORD = struct.Struct("<II")        # payload length, crc32 of the payload
@@ -153,6 +160,36 @@ class JournalWriter:
             self.fd = -1
 
 
+class Waiters:
+    """The writers waiting for the LMDB write lock, as a shared flock each on one file."""
+
+    def __init__(self, directory: str):
+        self.fd = os.open(os.path.join(directory, WAITERS), os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a wait for the write lock: a holder that checks `any()` lets go."""
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def any(self) -> bool:
+        """Whether another writer (another process, or another open of the file) is waiting."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -161,15 +198,19 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def journals(directory: str) -> list[str]:
+    """The journal files in `directory`, live or dead, by name."""
+    try:
+        return sorted(e.name for e in os.scandir(directory) if e.name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
 def recover(txn: lmdb.Transaction, store: Store, directory: str) -> int:
     """Replay, inside `txn` (a write transaction just begun), every dead writer's unapplied records;
     delete the files of dead writers that were already fully applied. Returns the records replayed."""
-    try:
-        entries = [e.name for e in os.scandir(directory) if e.name.endswith(SUFFIX)]
-    except FileNotFoundError:
-        return 0
     replayed = 0
-    for name in entries:
+    for name in journals(directory):
         path = os.path.join(directory, name)
         try:
             fd = os.open(path, os.O_RDONLY)

@@ -81,6 +81,7 @@ class Store:
         #: The object (the worker's write lane) whose `flush()` commits a write transaction this
         #: process keeps open between batches; a second write transaction would wait for it forever.
         self.holder: Any = None
+        self.waiters: journal.Waiters | None = None
         try:
             if not readonly:
                 os.makedirs(self.path, mode=0o700, exist_ok=True)
@@ -94,8 +95,10 @@ class Store:
             # Clear reader slots left by processes that died mid-transaction; they would otherwise keep
             # old pages alive and make the file grow.
             self.env.reader_check()
+            if not readonly:
+                self.waiters = journal.Waiters(self.journal_dir)
             self._open_dbs()
-            if not readonly and os.listdir(self.journal_dir):
+            if not readonly and journal.journals(self.journal_dir):
                 with self.begin(write=True):
                     pass  # replays what a writer that died journaled
         except lmdb.Error as e:
@@ -119,7 +122,9 @@ class Store:
             with env.begin() as txn:
                 self._check_schema(txn.get(_SCHEMA_KEY, db=self.meta))
             return
-        with env.begin(write=True) as txn:
+        with self.waiters.waiting():
+            txn = env.begin(write=True)
+        with txn:
             self._assign_dbs([env.open_db(name.encode(), txn=txn, create=True) for name in DB_NAMES])
             raw = txn.get(_SCHEMA_KEY, db=self.meta)
             if raw is None:
@@ -162,11 +167,11 @@ class Store:
         if write and self.holder is not None:
             self.holder.flush()
         try:
-            try:
-                txn = self.env.begin(write=write)
-            except lmdb.MapResizedError:
-                self.env.set_mapsize(0)
-                txn = self.env.begin(write=write)
+            if write:
+                with self.waiters.waiting():
+                    txn = self._begin(True)
+            else:
+                txn = self._begin(False)
             if write:
                 try:
                     journal.recover(txn, self, self.journal_dir)
@@ -176,6 +181,13 @@ class Store:
             return txn
         except lmdb.Error as e:
             raise self.error(e) from e
+
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self.env.begin(write=write)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(write=write)
 
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[lmdb.Transaction]:
@@ -195,6 +207,9 @@ class Store:
             raise self.error(e) from e
 
     def close(self) -> None:
+        if self.waiters is not None:
+            self.waiters.close()
+            self.waiters = None
         if self.env is not None:
             self.env.close()
             self.env = None

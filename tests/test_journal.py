@@ -13,6 +13,9 @@ import os
 import random
 import signal
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -94,10 +97,10 @@ def test_recovery_replays_a_dead_writers_tail_and_skips_a_live_one(tmp_path):
         assert txn.get(b"live", db=store.meta) is None
         assert txn.get(b"dead", db=store.meta) == b"2"
         assert txn.get(b"\0\0\0\x2d\0\0\0\1", db=store.cards) == b"card"
-    assert sorted(os.listdir(store.journal_dir)) == sorted([live.name, dead.name])
+    assert journal.journals(store.journal_dir) == sorted([live.name, dead.name])
     with store.begin(write=True):
         pass  # the dead journal is now applied by a committed transaction: it goes
-    assert os.listdir(store.journal_dir) == [live.name]
+    assert journal.journals(store.journal_dir) == [live.name]
     live.close()
     store.close()
     reopened = Store(tmp_path / "data", map_size=1 << 26)  # opening replays what the live one left
@@ -152,7 +155,7 @@ def _run(world: World, batches, more: bool) -> list[list[bytes | None]]:
 
 
 def _journals(world: World) -> list[str]:
-    return sorted(os.listdir(world.store.journal_dir))
+    return journal.journals(world.store.journal_dir)
 
 
 @lane_only
@@ -190,6 +193,45 @@ def test_a_write_elsewhere_in_the_process_commits_the_held_transaction_first(tmp
     held.handler.tick()  # the sweeper writes
     assert held.handler.fast_write.checkpoints == 1
     assert dump(held) == dump(ref)
+
+
+# Another process's write: opening the store waits for the lock, and so does begin(write=True).
+OTHER_WRITER = """
+import sys
+from radcore.store import Store
+other = Store(sys.argv[1], map_size=1 << 30)
+with other.begin(write=True) as txn:
+    txn.put(b"other-writer", b"was here", db=other.meta)
+"""
+
+
+@lane_only
+def test_a_writer_waiting_for_the_lock_makes_the_holder_commit_at_its_next_batch(tmp_path):
+    """Another process (a second worker, the control plane) that starts waiting for the write lock
+    is not kept out for `checkpoint_ms`: the holder commits at the end of its next batch instead of
+    journaling it, and the waiter's write goes through."""
+    ref = _world(tmp_path)
+    held = twin(ref, tmp_path / "held")
+    lane = held.handler.fast_write
+    lane.hold(HOLD_MS)
+    batches = _batches(ref, seed=4, count=3)
+    _run(ref, batches, more=False)
+    _run(held, batches[:2], more=True)
+    assert (lane.appends, lane.checkpoints) == (2, 0)
+    assert not held.store.waiters.any()
+
+    other = subprocess.Popen([sys.executable, "-c", OTHER_WRITER, str(tmp_path / "held")],
+                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    deadline = time.monotonic() + 10
+    while not held.store.waiters.any():
+        assert time.monotonic() < deadline, "the other writer never started waiting"
+        time.sleep(0.005)
+    _run(held, batches[2:], more=True)
+    assert (lane.appends, lane.checkpoints) == (2, 1)  # the third batch was committed, not journaled
+    assert other.wait(timeout=30) == 0
+    assert dump(held) == dump(ref)
+    with held.store.begin() as txn:
+        assert txn.get(b"other-writer", db=held.store.meta) == b"was here"
 
 
 @lane_only
@@ -279,7 +321,7 @@ def test_a_writer_killed_holding_its_transaction_loses_nothing_it_answered(tmp_p
     assert dump(survivor) == dump(ref)
     with store.begin(write=True):
         pass
-    assert os.listdir(store.journal_dir) == []  # replayed, committed, deleted
+    assert journal.journals(store.journal_dir) == []  # replayed, committed, deleted
 
 
 # --- a real server under a backlog ----------------------------------------------------------------
