@@ -212,7 +212,8 @@ def plot(agg: dict, meta: dict, path: Path) -> bool:
 
 
 PROFILE_RULES = (  # first match walking from the innermost frame outwards decides the category
-    ("LMDB commit: fsync", ("fdatasync", "fsync (", "msync")),
+    ("fsync: LMDB commit and journal", ("fdatasync", "fsync (", "msync")),
+    ("write-ahead journal: encoding and append", ("pwritev", "_held.pxi", "radcore/journal.py")),
     ("LMDB commit: page writes", ("pwrite", "writev", "mdb_page_flush", "mdb_env_write_meta")),
     ("waiting for the LMDB writer lock (another worker's batch)", ("mdb_txn_renew0", "mdb09_txn_begin")),
     ("LMDB get/put/cursor/txn bookkeeping", ("(cpython.c", "(mdb.c", "(midl.c", "mdb_", "trans_", "cursor_")),

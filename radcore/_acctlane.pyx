@@ -28,12 +28,10 @@ leave the same bytes in the store and send the same replies, over generated call
 rating arithmetic both parts share, `_acctparse.pxi` the reading of an Accounting-Request.
 """
 
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from radcore._fastpath cimport _equal, _packet_md5
 from radcore._lane cimport WriteAnswer
@@ -41,7 +39,6 @@ from radcore._lane cimport WriteAnswer
 include "_records.pxi"
 include "_sessions.pxi"
 
-from radcore import journal
 from radcore.store import DB_NAMES
 from radcore.store import TOMBSTONE as _TOMBSTONE
 from radcore.store import next_cdr_key
@@ -52,14 +49,6 @@ cdef uint8_t DB_CARDS = DB_NAMES.index("cards")
 cdef uint8_t DB_SESSIONS = DB_NAMES.index("sessions")
 cdef uint8_t DB_CDRS = DB_NAMES.index("cdrs")
 cdef uint8_t DB_DEADLINES = DB_NAMES.index("session_deadlines")
-cdef uint8_t PUT_OP = journal.PUT
-cdef uint8_t DELETE_OP = journal.DELETE
-
-
-cdef inline int64_t _monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 cdef enum:
     HEADER = 20
@@ -74,6 +63,7 @@ cdef const uint8_t* _CONF_NAME = <const uint8_t*>b"h323-conf-id="
 
 
 include "_acctparse.pxi"
+include "_held.pxi"
 
 
 cdef class _Client:
@@ -94,19 +84,11 @@ cdef class AccountingLane(WriteAnswer):
     cdef object lookups             # radcore.prepaid.Lookups, shared with the handler
     cdef object clock
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
-    cdef object txn
+    cdef HeldTransaction held       # the write transaction, its commits and journal (_held.pxi)
+    cdef object txn                 # held.txn as of this batch
     cdef object session_cursor      # over `sessions` in txn
     cdef dict by_number             # NAS identity -> whether it has calls filed by card and number
-    cdef object _get, _txn_put, _txn_delete  # txn's methods, called with positional arguments
-    # The write-ahead journal (radcore.journal): None until `hold` turns it on.
-    cdef object journal             # radcore.journal.JournalWriter, opened at the first append
-    cdef uint8_t* ops               # this batch's puts and deletes, encoded for the journal ...
-    cdef Py_ssize_t ops_n, ops_cap  # ... in this many octets of a buffer of ops_cap
-    cdef int64_t hold_ns            # server.checkpoint_ms: how long txn may stay open
-    cdef int64_t opened_ns          # when txn was opened
-    cdef bint journaled             # txn holds batches that only the journal has made durable
-    cdef public long long appends   # batches made durable by a journal append (metrics, tests)
-    cdef public long long checkpoints  # commits of a transaction that spanned journaled batches
+    cdef object _get                # txn.get, called with positional arguments (no keyword parsing)
     cdef int64_t now
     cdef int64_t call_seconds       # max_call_seconds + reservation_grace_seconds
     cdef int64_t retention          # session_retention_seconds
@@ -131,8 +113,8 @@ cdef class AccountingLane(WriteAnswer):
         config = settlement.config
         self.call_seconds = config.max_call_seconds + config.reservation_grace_seconds
         self.retention = config.session_retention_seconds
+        self.held = HeldTransaction(store)
         self.txn = None
-        self.hold_ns = 0
         self.version = -2
         self.rated_at = -1
         self.rated = {}
@@ -142,40 +124,39 @@ cdef class AccountingLane(WriteAnswer):
     def hold(self, int checkpoint_ms):
         """Keep the write transaction open across batches for up to `checkpoint_ms` while requests
         are waiting, journaling each batch instead of committing it (0: commit every batch)."""
-        if checkpoint_ms < 0:
-            raise ValueError("checkpoint_ms must be >= 0")
-        self.flush()
-        self.hold_ns = <int64_t>checkpoint_ms * 1000000
-        self.store.holder = self if checkpoint_ms else None
-        if not checkpoint_ms and self.journal is not None:
-            self.journal.close()
-            self.journal = None
+        self.held.hold(checkpoint_ms)
 
     def flush(self):
         """Commit the transaction kept open across batches, if any (a checkpoint)."""
-        if self.txn is not None:
-            self._checkpoint()
+        self.held.flush()
 
     def flush_due(self):
         """Commit the transaction kept open across batches once it is `checkpoint_ms` old."""
-        if self.txn is not None and _monotonic_ns() - self.opened_ns >= self.hold_ns:
-            self._checkpoint()
+        self.held.flush_due()
+
+    @property
+    def appends(self):
+        """Batches made durable by a journal append (metrics, tests)."""
+        return self.held.appends
+
+    @property
+    def checkpoints(self):
+        """Commits of a transaction that held journaled batches."""
+        return self.held.checkpoints
 
     cdef int begin(self) except -1:
         self.now = self.clock()
         self.by_number = {}
-        self._forget_ops()
-        if self.txn is not None:
+        if not self.held.open():
             # Still open from an earlier batch, which held the write lock since: the lookups
             # cannot have changed, only the clock.
             if self.now != self.rated_at:
                 self.rated_at = self.now
                 self.rated.clear()
             return 0
-        self.txn = self.store.begin(write=True)
-        self.opened_ns = _monotonic_ns()
+        self.txn = self.held.txn
         self.session_cursor = self.txn.cursor(db=self.sessions_db)
-        self._get, self._txn_put, self._txn_delete = self.txn.get, self.txn.put, self.txn.delete
+        self._get = self.txn.get
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version or self.now != self.rated_at:
             if self.lookups.version != self.version:
@@ -186,108 +167,18 @@ cdef class AccountingLane(WriteAnswer):
         return 0
 
     cdef int commit(self, bint more) except -1:
-        if (more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns
-                and not self.store.waiters.any()):  # nobody else is waiting to write
-            if self.ops_n:
-                if self.journal is None:
-                    self.journal = journal.JournalWriter(self.store.journal_dir)
-                self.journal.append(PyBytes_FromStringAndSize(<const char*>self.ops, self.ops_n))
-                self._forget_ops()
-                self.journaled = True
-                self.appends += 1
-            return 0
-        self._checkpoint()
-        return 0
-
-    cdef int _checkpoint(self) except -1:
-        """Commit durably; the commit records that every journaled batch is in the store."""
-        txn, self.txn = self.txn, None
-        self.session_cursor = self._get = self._txn_put = self._txn_delete = None
-        self._forget_ops()
-        try:
-            if self.journaled:
-                self.journal.mark(txn, self.store.meta)
-            txn.commit()
-        except BaseException:
-            self._lost(txn)
-            raise
-        if self.journaled:
-            self.journaled = False
-            self.checkpoints += 1
-            self.journal.rotate_if_large()
+        self.held.end_batch(more)
         return 0
 
     cdef int abort(self) except -1:
-        """Forget this batch's writes. Earlier batches of the open transaction were answered on
-        the journal's strength: if this batch wrote nothing the transaction stays open for its
-        checkpoint, else all of it goes and the journal is handed to recovery."""
-        txn = self.txn
-        if txn is None or self.journaled and not self.ops_n:
-            return 0  # nothing to forget: the transaction stays open for its checkpoint
-        self.txn = None
-        self.session_cursor = self._get = self._txn_put = self._txn_delete = None
-        self._forget_ops()
-        self._lost(txn)
+        self.held.abort_batch()
         return 0
 
-    cdef int _lost(self, object txn) except -1:
-        """`txn` will not commit: abort it and, if it held journaled batches, close the journal so
-        the next write transaction (this process's own included) replays them."""
-        txn.abort()
-        if self.journaled:
-            self.journaled = False
-            self.journal.close()
-            self.journal = None
-        return 0
+    cdef inline bint _put(self, bytes key, bytes value, bint overwrite, object db, uint8_t dbid) except -1:
+        return self.held.put(key, value, overwrite, db, dbid)
 
-    cdef bint _put(self, bytes key, bytes value, bint overwrite, object db, uint8_t dbid) except -1:
-        """txn.put, and the same put for the journal."""
-        if not self._txn_put(key, value, True, overwrite, False, db):
-            return False
-        if self.hold_ns:
-            self._log(PUT_OP, dbid, key, value)
-        return True
-
-    cdef int _delete(self, bytes key, object db, uint8_t dbid) except -1:
-        """txn.delete, and the same delete for the journal."""
-        self._txn_delete(key, b"", db)
-        if self.hold_ns:
-            self._log(DELETE_OP, dbid, key, b"")
-        return 0
-
-    cdef int _log(self, uint8_t op, uint8_t dbid, bytes key, bytes value) except -1:
-        """Append one operation to `ops` as radcore.journal.encode_op spells it."""
-        cdef Py_ssize_t kn = PyBytes_GET_SIZE(key), vn = PyBytes_GET_SIZE(value)
-        cdef Py_ssize_t need = self.ops_n + 8 + kn + vn, cap
-        cdef uint8_t* grown
-        if need > self.ops_cap:
-            cap = self.ops_cap * 2 if self.ops_cap else 1 << 16
-            while cap < need:
-                cap *= 2
-            grown = <uint8_t*>PyMem_Realloc(self.ops, cap)
-            if grown == NULL:
-                raise MemoryError()
-            self.ops, self.ops_cap = grown, cap
-        cdef uint8_t* p = self.ops + self.ops_n
-        self.ops_n = need
-        p[0] = op
-        p[1] = dbid
-        p[2] = <uint8_t>(kn & 0xFF)
-        p[3] = <uint8_t>(kn >> 8)
-        p[4] = <uint8_t>(vn & 0xFF)
-        p[5] = <uint8_t>((vn >> 8) & 0xFF)
-        p[6] = <uint8_t>((vn >> 16) & 0xFF)
-        p[7] = <uint8_t>(vn >> 24)
-        memcpy(p + 8, PyBytes_AS_STRING(key), kn)
-        memcpy(p + 8 + kn, PyBytes_AS_STRING(value), vn)
-        return 0
-
-    cdef inline int _forget_ops(self) except -1:
-        self.ops_n = 0
-        return 0
-
-    def __dealloc__(self):
-        PyMem_Free(self.ops)
+    cdef inline int _delete(self, bytes key, object db, uint8_t dbid) except -1:
+        return self.held.delete(key, db, dbid)
 
     def run_batch(self, items, bint more=False):
         """[(datagram, client, source ip), ...] in one write transaction, as `Lane.serve` runs a
