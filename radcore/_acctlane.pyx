@@ -84,7 +84,7 @@ cdef class AccountingLane(WriteAnswer):
     cdef object lookups             # radcore.prepaid.Lookups, shared with the handler
     cdef object clock
     cdef object cards_db, sessions_db, deadlines_db, cdrs_db
-    cdef HeldTransaction held       # the write transaction, its commits and journal (_held.pxi)
+    cdef readonly HeldTransaction held  # the write transaction, its commits and journal (_held.pxi)
     cdef object txn                 # held.txn as of this batch
     cdef object session_cursor      # over `sessions` in txn
     cdef dict by_number             # NAS identity -> whether it has calls filed by card and number

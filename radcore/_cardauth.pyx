@@ -104,6 +104,8 @@ cdef class CardAuthLane(FastAnswer):
     cdef object clock               # the handler's clock: UTC epoch seconds
     cdef HmacSha256 pepper          # the PIN digest's HMAC key, ipad/opad states prepared once
     cdef object txn
+    cdef object held                # the write lane's HeldTransaction, read through while it is open
+    cdef bint borrowed              # txn is held.txn, not a read transaction of our own
     cdef long long now
     cdef long long version
     cdef dict series                # series number -> (currency, language), or None: not for the lane
@@ -118,14 +120,23 @@ cdef class CardAuthLane(FastAnswer):
         cdef bytes pepper = keyring.pin_pepper
         _hmac_sha256_key(&self.pepper, <const uint8_t*>PyBytes_AS_STRING(pepper), PyBytes_GET_SIZE(pepper))
         self.txn = None
+        self.held = None
         self.version = -2
         self.series = {}
         self.clients = {}
         self.answered = 0
 
+    def read_through(self, held):
+        """Read through `held.txn` (the worker's write lane, radcore._acctlane) whenever it is open:
+        under a backlog that transaction holds batches the journal has made durable and the store
+        has not committed yet, and a card authentication must see their debits."""
+        self.held = held
+
     cdef int begin(self) except -1:
         self.now = self.clock()
-        self.txn = self.store.begin()
+        held = self.held.txn if self.held is not None else None
+        self.borrowed = held is not None
+        self.txn = held if self.borrowed else self.store.begin()
         self.lookups.refresh(self.txn)
         if self.lookups.version != self.version:
             self.version = self.lookups.version
@@ -135,7 +146,7 @@ cdef class CardAuthLane(FastAnswer):
 
     cdef int end(self) except -1:
         txn, self.txn = self.txn, None
-        if txn is not None:
+        if txn is not None and not self.borrowed:
             txn.abort()
         return 0
 

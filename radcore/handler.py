@@ -202,7 +202,9 @@ def _c_lanes(store: Store, keyring: KeyRing, lookups: Lookups, settlement: Settl
     from ._acctlane import WriteLane
     from ._cardauth import CardAuthLane
 
-    return CardAuthLane(store, keyring, lookups, clock), WriteLane(store, settlement, lookups, clock)
+    read, write = CardAuthLane(store, keyring, lookups, clock), WriteLane(store, settlement, lookups, clock)
+    read.read_through(write.held)  # see the debits a journaled batch made before they are committed
+    return read, write
 
 
 def make_handler(config: Config) -> PrepaidHandler:

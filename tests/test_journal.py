@@ -29,8 +29,8 @@ from radcore.handler import PrepaidHandler
 from radcore.records import CardStatus
 from radcore.store import DB_NAMES, Store
 
-from helpers_prepaid import World, accounting, make_world
-from test_acctlane import CONF_VSA, SOURCE_IP, dump, twin
+from helpers_prepaid import SECRET, World, accounting, make_world
+from test_acctlane import CONF_VSA, SOURCE_IP, dump, reference, twin
 
 lane_only = pytest.mark.skipif(fastpath.load_lane() is None, reason="the C lane is built on Linux only")
 
@@ -193,6 +193,31 @@ def test_a_write_elsewhere_in_the_process_commits_the_held_transaction_first(tmp
     held.handler.tick()  # the sweeper writes
     assert held.handler.fast_write.checkpoints == 1
     assert dump(held) == dump(ref)
+
+
+@lane_only
+def test_card_authentication_sees_the_debits_of_journaled_batches(tmp_path):
+    """While the write lane holds journaled batches uncommitted, the worker's card-authentication
+    lane reads through that transaction: the credit amount it sends is the balance after those
+    calls, exactly what the reference answers once they are committed."""
+    from test_acctlane import access_request
+
+    world = _world(tmp_path)
+    world.handler.fast_write.hold(HOLD_MS)
+    _run(world, _batches(world, seed=5, count=6), more=True)
+    assert world.handler.fast_write.appends == 6
+    client = world.client("cisco-gw")
+    raw = access_request(world, 45, 3, "", "")
+    fast = world.handler.fast_answer.decide(raw, client)
+    assert world.handler.fast_write.checkpoints == 0  # answered while the batches were uncommitted
+    world.handler.fast_write.flush()
+    card = world.card(45, 3)
+    assert card.balance < 50_000_000  # the batches did debit this card
+    expected = reference(world, raw, client)
+    assert fast is not None and fast == expected
+    amount = dict(packet.decode_response(fast, raw[4:20], SECRET).attributes)[
+        d.vsa_key(d.VENDOR_CISCO, d.H323_CREDIT_AMOUNT)]
+    assert packet.vsa_text(amount, d.H323_CREDIT_AMOUNT) != "50.00"  # not the face value: the debits show
 
 
 # Another process's write: opening the store waits for the lock, and so does begin(write=True).
