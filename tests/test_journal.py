@@ -27,7 +27,7 @@ from radcore.clock import FixedClock
 from radcore.errors import StoreError
 from radcore.handler import PrepaidHandler
 from radcore.records import CardStatus
-from radcore.store import DB_NAMES, Store
+from radcore.store import DB_NAMES, Cdr, Store, card_key, get_card
 
 from helpers_prepaid import SECRET, World, accounting, make_world
 from test_acctlane import CONF_VSA, SOURCE_IP, dump, reference, twin
@@ -356,56 +356,147 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
-@lane_only
-def test_a_served_backlog_is_journaled_and_settles_to_the_micro_unit(tmp_path):
-    """A real one-worker server. The worker is stopped (SIGSTOP) while 1,600 Starts queue up on its
-    socket, so its batches find more waiting and are answered on journal appends; then the same
-    for the Stops. Every request is answered, /metrics counts the appends and their checkpoints,
-    and each card ends with exactly its calls' cost, read from the store."""
-    from helpers_server import UdpClient, metric_key
-    from test_e2e_prepaid import SECRET as E2E_SECRET
-    from test_e2e_prepaid import UK, provision, read_card, start_server
+class Burst:
+    """Calls of series 45 that a NAS reports in bursts: the worker is stopped (SIGSTOP) while a
+    whole burst queues up on its socket, so its batches find more waiting (and are journaled)."""
 
-    cards, per_card, seconds = 16, 100, 125
-    provision(tmp_path, quantity=cards, face_balance=100_000_000)
-    secret = E2E_SECRET.encode()
-    calls = [(serial, f"{serial:08X} {i:08X} 0BADCAFE 1D2E3F40") for serial in range(cards) for i in range(per_card)]
+    PER_SOCKET = 200
+    SECONDS = 125
 
-    def acct(ident: int, status: int, serial: int, conf: str) -> bytes:
+    def __init__(self, cards: int, per_card: int):
+        from test_e2e_prepaid import SECRET as E2E_SECRET
+
+        self.secret = E2E_SECRET.encode()
+        self.calls = [(serial, f"{serial:08X} {i:08X} 0BADCAFE 1D2E3F40")
+                      for serial in range(cards) for i in range(per_card)]
+
+    def request(self, ident: int, status: int, serial: int, conf: str) -> bytes:
         attrs = [(d.USER_NAME, f"45-{serial:09d}".encode()), (d.NAS_IP_ADDRESS, b"\x7f\0\0\1"),
                  (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big")), (d.ACCT_SESSION_ID, conf[9:17].encode()),
                  (d.CALLED_STATION_ID, b"442079460000"), (CONF_VSA, f"h323-conf-id={conf}".encode())]
         if status == d.AcctStatus.STOP:
-            attrs.append((d.ACCT_SESSION_TIME, seconds.to_bytes(4, "big")))
-        return packet.encode_accounting_request(ident, attrs, secret)
+            attrs.append((d.ACCT_SESSION_TIME, self.SECONDS.to_bytes(4, "big")))
+        return packet.encode_accounting_request(ident, attrs, self.secret)
 
+    def send(self, server, worker: int, nases, status: int) -> dict[tuple[int, int], tuple[bytes, str]]:
+        """Queue one request per call while the worker is stopped, then let it run; returns
+        (socket index, Identifier) -> (request, conf id)."""
+        os.kill(worker, signal.SIGSTOP)
+        sent = {}
+        try:
+            for n, (serial, conf) in enumerate(self.calls):
+                k, ident = divmod(n, self.PER_SOCKET)
+                raw = self.request(ident, status, serial, conf)
+                nases[k].send(server.acct_port, raw)
+                sent[(k, ident)] = (raw, conf)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        return sent
+
+    def answered(self, nas, k: int, sent, timeout: float = 10) -> str | None:
+        """The conf id of the next reply on socket k (a valid Accounting-Response), None if none."""
+        wire = nas.recv(timeout)
+        if wire is None:
+            return None
+        raw, conf = sent[(k, wire[1])]
+        assert packet.decode_response(wire, raw[4:20], self.secret).code == d.Code.ACCOUNTING_RESPONSE
+        return conf
+
+
+@lane_only
+def test_a_served_backlog_is_journaled_and_settles_to_the_micro_unit(tmp_path):
+    """A real one-worker server. 1,600 Starts queue up while its worker is stopped, so its batches
+    are answered on journal appends; then the same for the Stops. Every request is answered,
+    /metrics counts the appends and their checkpoints, and each card ends with exactly its calls'
+    cost, read from the store."""
+    from helpers_server import UdpClient, metric_key
+    from test_e2e_prepaid import UK, provision, read_card, start_server
+
+    cards, per_card = 16, 100
+    provision(tmp_path, quantity=cards, face_balance=100_000_000)
+    burst = Burst(cards, per_card)
     with start_server(tmp_path, workers=1) as server:
         [worker] = _children(server.pid)
-        nases = [UdpClient() for _ in range(len(calls) // 200)]
+        nases = [UdpClient() for _ in range(len(burst.calls) // Burst.PER_SOCKET)]
         try:
             for status in (d.AcctStatus.START, d.AcctStatus.STOP):
-                os.kill(worker, signal.SIGSTOP)
-                sent = {}
-                for n, (serial, conf) in enumerate(calls):
-                    raw = acct(n % 200, status, serial, conf)
-                    nases[n // 200].send(server.acct_port, raw)
-                    sent[(n // 200, n % 200)] = raw
-                os.kill(worker, signal.SIGCONT)
+                sent = burst.send(server, worker, nases, status)
                 for k, nas in enumerate(nases):
-                    for _ in range(200):
-                        wire = nas.recv(10)
-                        assert wire is not None, "an Accounting-Request went unanswered"
-                        reply = packet.decode_response(wire, sent[(k, wire[1])][4:20], secret)
-                        assert reply.code == d.Code.ACCOUNTING_RESPONSE
+                    for _ in range(Burst.PER_SOCKET):
+                        assert burst.answered(nas, k, sent) is not None, "an Accounting-Request went unanswered"
             metrics = server.metrics()
         finally:
             for nas in nases:
                 nas.sock.close()
-    assert metrics[metric_key("radcore_replies_total", type="accounting_response")] == 2 * len(calls)
+    assert metrics[metric_key("radcore_replies_total", type="accounting_response")] == 2 * len(burst.calls)
     assert metrics["radcore_journal_appends_total"] >= 2  # at least one batch of each burst
     assert metrics["radcore_checkpoints_total"] >= 2
-    cost = rating.cost(UK, seconds)
+    cost = rating.cost(UK, Burst.SECONDS)
     for serial in range(cards):
         card, cdrs = read_card(tmp_path, serial)
         assert [c.cost for c in cdrs] == [cost] * per_card
         assert (card.balance, card.reserved, card.open_calls) == (100_000_000 - per_card * cost, 0, 0)
+
+
+@lane_only
+def test_a_server_killed_in_a_journaled_backlog_keeps_every_acknowledged_stop(tmp_path):
+    """A real one-worker server is killed with SIGKILL (supervisor first, so nothing restarts it)
+    as soon as the first replies to a queued burst of 4,000 Stops arrive: its write transaction is
+    open and holds only journaled batches. The store as LMDB committed it lacks those Stops;
+    opened for writing, it replays the journal, and every acknowledged Stop has its one CDR, every
+    card its exact balance."""
+    from helpers_server import ServerProcess, UdpClient, write_config
+    from test_e2e_prepaid import UK, provision
+
+    cards, per_card = 20, 200
+    provision(tmp_path, quantity=cards, face_balance=100_000_000)
+    burst = Burst(cards, per_card)
+    config = write_config(tmp_path, workers=1, clients=[
+        {"name": "gw", "network": "127.0.0.1", "secret": burst.secret.decode(), "profile": "cisco"}])
+    # No checkpoint by the clock: the kill must find the journaled batches uncommitted.
+    config.write_text(config.read_text().replace("[server]\n", "[server]\ncheckpoint_ms = 10000\n", 1))
+    acknowledged: set[str] = set()
+    with ServerProcess(config, handler="radcore.handler:make_handler") as server:
+        [worker] = _children(server.pid)
+        nases = [UdpClient() for _ in range(len(burst.calls) // Burst.PER_SOCKET)]
+        try:
+            sent = burst.send(server, worker, nases, d.AcctStatus.START)
+            for k, nas in enumerate(nases):
+                for _ in range(Burst.PER_SOCKET):
+                    assert burst.answered(nas, k, sent) is not None
+            sent = burst.send(server, worker, nases, d.AcctStatus.STOP)
+            conf = burst.answered(nases[0], 0, sent)  # the first batch's replies are out
+            os.kill(server.pid, signal.SIGKILL)
+            os.kill(worker, signal.SIGKILL)
+            acknowledged.add(conf)
+            for k, nas in enumerate(nases):  # whatever reached the sockets before the kill
+                while (conf := burst.answered(nas, k, sent, timeout=0.2)) is not None:
+                    acknowledged.add(conf)
+        finally:
+            for nas in nases:
+                nas.sock.close()
+    assert 0 < len(acknowledged) < len(burst.calls)
+
+    data = tmp_path / "var"
+    assert journal.journals(str(data / journal.DIRECTORY))  # the worker was journaling
+    committed = Store(data, readonly=True, map_size=1 << 30)  # no replay: what LMDB holds
+    with committed.begin() as txn:
+        stopped = sum(1 for _ in txn.cursor(db=committed.cdrs))
+    committed.close()
+    assert stopped < len(acknowledged), "the kill came after a checkpoint: nothing was left to replay"
+
+    store = Store(data, map_size=1 << 30)  # replays the dead worker's journal
+    cost = rating.cost(UK, Burst.SECONDS)
+    try:
+        with store.begin() as txn:
+            cdrs = [Cdr.unpack(v) for _, v in txn.cursor(db=store.cdrs)]
+            for serial in range(cards):
+                card = get_card(txn, store, card_key(45, serial))
+                mine = [c for c in cdrs if c.conf_id.startswith(f"{serial:08X} ")]
+                assert card.balance == 100_000_000 - len(mine) * cost
+                assert card.open_calls == per_card - len(mine)
+    finally:
+        store.close()
+    by_conf = [c.conf_id for c in cdrs]
+    assert len(by_conf) == len(set(by_conf))  # no call settled twice
+    assert acknowledged <= set(by_conf)  # every acknowledged Stop survived
