@@ -15,7 +15,8 @@ needs no configuration, rating or clock, and replaying a suffix twice leaves the
 Recovery relies on one invariant. A journal's records beyond its applied offset exist only while
 its writer holds the LMDB write lock (the open transaction), so whoever next takes the lock after
 that writer died finds them and must replay them before doing anything else: `Store.begin(write=True)`
-calls `recover` first. A live writer holds an exclusive flock(2) on its file, which is how recovery
+calls `recover` first, and commits a replay on its own, so that no newer journal is ever written on
+top of an uncommitted one (the two could not be told apart by order later). A live writer holds an exclusive flock(2) on its file, which is how recovery
 tells a dead writer's journal from a live one's; the kernel drops the lock when the process dies.
 
 A writer holding its transaction open must not starve the others (a second worker, the control

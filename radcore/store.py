@@ -167,18 +167,21 @@ class Store:
         if write and self.holder is not None:
             self.holder.flush()
         try:
-            if write:
+            if not write:
+                return self._begin(False)
+            while True:
                 with self.waiters.waiting():
                     txn = self._begin(True)
-            else:
-                txn = self._begin(False)
-            if write:
                 try:
-                    journal.recover(txn, self, self.journal_dir)
+                    if not journal.recover(txn, self, self.journal_dir):
+                        return txn
+                    # Replayed records are committed on their own, before anyone (this caller
+                    # included) journals on top of them: two journals with unapplied records
+                    # could otherwise be left whose order no file name tells.
+                    txn.commit()
                 except BaseException:
                     txn.abort()
                     raise
-            return txn
         except lmdb.Error as e:
             raise self.error(e) from e
 

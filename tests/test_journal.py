@@ -91,15 +91,12 @@ def test_recovery_replays_a_dead_writers_tail_and_skips_a_live_one(tmp_path):
     dead.append(journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"dead", b"2") +
                 journal.encode_op(journal.PUT, DB_NAMES.index("cards"), b"\0\0\0\x2d\0\0\0\1", b"card"))
     dead.close()
-    with store.begin(write=True):
-        pass
+    txn = store.begin(write=True)  # replays the dead journal, commits that, deletes it
+    txn.abort()  # the caller's own transaction: nothing of the replay hangs on it
     with store.begin() as txn:
         assert txn.get(b"live", db=store.meta) is None
         assert txn.get(b"dead", db=store.meta) == b"2"
         assert txn.get(b"\0\0\0\x2d\0\0\0\1", db=store.cards) == b"card"
-    assert journal.journals(store.journal_dir) == sorted([live.name, dead.name])
-    with store.begin(write=True):
-        pass  # the dead journal is now applied by a committed transaction: it goes
     assert journal.journals(store.journal_dir) == [live.name]
     live.close()
     store.close()
@@ -107,6 +104,31 @@ def test_recovery_replays_a_dead_writers_tail_and_skips_a_live_one(tmp_path):
     with reopened.begin() as txn:
         assert txn.get(b"live", db=reopened.meta) == b"1"
     reopened.close()
+
+
+def test_a_replay_is_committed_before_anything_is_journaled_on_top_of_it(tmp_path):
+    """Writer A dies with an unapplied record; writer B replays it, journals a newer value of the
+    same key and dies too. Recovery must end with B's value whatever the files are named, which
+    holds because B's replay of A was committed on its own before B wrote anything."""
+    store = Store(tmp_path / "data", map_size=1 << 26)
+    meta = DB_NAMES.index("meta")
+    a = journal.JournalWriter(store.journal_dir)
+    a.append(journal.encode_op(journal.PUT, meta, b"k", b"from A"))
+    a.close()
+    # A name that sorts after B's, so replaying both in name order would put A last.
+    os.rename(os.path.join(store.journal_dir, a.name), os.path.join(store.journal_dir, "zz-1.log"))
+    txn = store.begin(write=True)  # B takes the lock: A is replayed (and committed) first
+    b = journal.JournalWriter(store.journal_dir)
+    assert b.name < "zz-1.log"
+    txn.put(b"k", b"from B", db=store.meta)
+    b.append(journal.encode_op(journal.PUT, meta, b"k", b"from B"))
+    txn.abort()  # B dies before its checkpoint
+    b.close()
+    with store.begin(write=True):
+        pass
+    with store.begin() as txn:
+        assert txn.get(b"k", db=store.meta) == b"from B"
+    store.close()
 
 
 # --- the write lane holding its transaction -----------------------------------------------------
