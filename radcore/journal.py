@@ -165,16 +165,20 @@ class Waiters:
     """The writers waiting for the LMDB write lock, as a shared flock each on one file."""
 
     def __init__(self, directory: str):
-        self.fd = os.open(os.path.join(directory, WAITERS), os.O_RDWR | os.O_CREAT, 0o600)
+        self.path = os.path.join(directory, WAITERS)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
-        """Around a wait for the write lock: a holder that checks `any()` lets go."""
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        """Around a wait for the write lock: a holder that checks `any()` lets go. Each wait locks
+        its own open of the file, since a flock belongs to the open file: threads of one process
+        (the control plane's) sharing one would end each other's waits."""
+        fd = os.open(self.path, os.O_RDONLY)
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
             yield
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(fd)  # drops the lock
 
     def any(self) -> bool:
         """Whether another writer (another process, or another open of the file) is waiting."""

@@ -131,6 +131,21 @@ def test_a_replay_is_committed_before_anything_is_journaled_on_top_of_it(tmp_pat
     store.close()
 
 
+def test_every_waiting_thread_is_seen_until_its_own_wait_ends(tmp_path):
+    """Two threads of one process waiting for the lock: the first one's wait ending must not hide
+    the second one's from the holder."""
+    holder = journal.Waiters(str(tmp_path))
+    waiters = journal.Waiters(str(tmp_path))
+    assert not holder.any()
+    with waiters.waiting():
+        with waiters.waiting():
+            assert holder.any()
+        assert holder.any()  # the outer wait goes on
+    assert not holder.any()
+    holder.close()
+    waiters.close()
+
+
 # --- the write lane holding its transaction -----------------------------------------------------
 
 def _world(tmp_path) -> World:
