@@ -284,9 +284,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fr-threads", type=int, default=2, help="FreeRADIUS thread pool size")
     parser.add_argument("--batch-max", type=int, default=1024,
                         help="radcore's server.batch_max: datagrams per batch and durable commit")
-    parser.add_argument("--checkpoint-ms", type=int, default=None,
+    parser.add_argument("--checkpoint-ms", type=int, default=ServerConfig().checkpoint_ms,
                         help="radcore's server.checkpoint_ms: how long a backlog may defer the LMDB commit "
-                             "behind the write-ahead journal (default: the shipped value; 0: commit every batch)")
+                             "behind the write-ahead journal (0: commit every batch)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "radcore-bench"),
                         help="provisioning cache and server directories")
     parser.add_argument("--out", default=str(RESULTS), help="where the JSON, Markdown and PNG go")
@@ -401,15 +401,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _checkpoint_ms(args) -> int:
-    return args.checkpoint_ms if args.checkpoint_ms is not None else ServerConfig().checkpoint_ms
-
-
 def _notes(args, ncpu: int) -> list[str]:
     notes = [
         ("radcore makes every write batch durable before it replies: an LMDB commit (sync + metasync), or, "
          "while the next batch is already queued, an fdatasync'd append to its write-ahead journal with the "
-         f"commit deferred up to server.checkpoint_ms ({_checkpoint_ms(args)} ms here). FreeRADIUS's "
+         f"commit deferred up to server.checkpoint_ms ({args.checkpoint_ms} ms here). FreeRADIUS's "
          "detail writer and the pyrad server append to a file without fsync, and neither keeps a balance, rates "
          "a call or reserves credit: their number authorization is a static users-file reply."),
         ("radcore's replies to Access-Requests carry a Message-Authenticator (HMAC-MD5), as do pyrad's; "

@@ -37,7 +37,7 @@ class RadcoreServer:
 
     def __init__(self, work: Path, manifest: dict, *, workers: int = 1, cpus: str | None = None,
                  batch_max: int | None = None, label: str | None = None, data_root: str | None = None,
-                 checkpoint_ms: int | None = None):
+                 checkpoint_ms: int = ServerConfig().checkpoint_ms):
         self.dir = work / (label or f"radcore-{workers}w")
         # The store lives in `data_root` when given (tmpfs for the radcore-shm diagnostic), else in dir/var.
         self.data = (Path(tempfile.mkdtemp(prefix="radcore-bench-", dir=data_root)) / "var"
@@ -59,8 +59,7 @@ class RadcoreServer:
                  f"map_size_mb = {self.manifest['map_size'] >> 20}"]
         if self.batch_max:
             lines.append(f"batch_max = {self.batch_max}")
-        if self.checkpoint_ms is not None:
-            lines.append(f"checkpoint_ms = {self.checkpoint_ms}")
+        lines.append(f"checkpoint_ms = {self.checkpoint_ms}")
         lines += ["", "[prepaid]", "max_call_seconds = 3600", "",
                   "[[clients]]", 'name = "bench"', 'network = "127.0.0.1"', f'secret = "{SECRET}"',
                   'profile = "cisco"', ""]
@@ -109,7 +108,7 @@ class RadcoreServer:
     def info(self) -> dict:
         return {"workers": self.workers, "implementation": self.ready.get("implementation"),
                 "cpus": self.cpus, "batch_max": self.batch_max or 256, "store": str(self.data),
-                "checkpoint_ms": self.checkpoint_ms if self.checkpoint_ms is not None else ServerConfig().checkpoint_ms,
+                "checkpoint_ms": self.checkpoint_ms,
                 "durable": self.data_root is None}
 
     def counters(self) -> dict[str, float]:

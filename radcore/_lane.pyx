@@ -238,16 +238,9 @@ cdef class Lane:
             if _monotonic_ns() >= deadline:
                 return []
 
-    cdef bint _waiting(self) noexcept:
+    cdef bint _waiting(self) except -1:
         """Whether a socket already holds the next batch's datagrams (one poll, no waiting)."""
-        cdef pollfd pfds[MAX_SOCKETS]
-        cdef int k
-        for k in range(self.nsocks):
-            pfds[k].fd = self.fds[k]
-            pfds[k].events = POLLIN
-        with nogil:
-            k = poll(pfds, self.nsocks, 0)
-        return k > 0
+        return bool(self.spin(0))
 
     cdef int _recv(self, int k, int first, int want, int* err) noexcept:
         cdef int i, got

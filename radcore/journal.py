@@ -95,8 +95,13 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
     return records, pos
 
 
+def _header(payload: bytes | bytearray) -> bytes:
+    return RECORD.pack(len(payload), zlib.crc32(payload))
+
+
 def frame(payload: bytes) -> bytes:
-    return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+    """One record as the file holds it."""
+    return _header(payload) + payload
 
 
 class JournalWriter:
@@ -129,7 +134,7 @@ class JournalWriter:
 
     def append(self, payload: bytes | bytearray) -> None:
         """Write one record and flush it; on failure the file is cut back to what was flushed."""
-        header = RECORD.pack(len(payload), zlib.crc32(payload))
+        header = _header(payload)
         size = len(header) + len(payload)
         try:
             written = os.pwritev(self.fd, [header, payload], self.offset)
