@@ -20,7 +20,8 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    write lane's commit; once the write lane has declined a request that the Python path will act on,
    it leaves the rest of the batch to the Python path too, so no call is applied out of order.
 3. The Python path's replies are queued with `queue` instead of being sent one by one, and `flush`
-   sends every reply of the batch with one sendmmsg per socket. The read lane's answers go out in
+   sends every reply of the batch with one sendmmsg per socket, replies of one size for one
+   destination coalesced into UDP GSO messages (`_outbox.pxi`). The read lane's answers go out in
    runs of `EARLY_SEND` while the batch is still being read: a full batch takes milliseconds, and
    the first request in it should not wait for the last.
 
@@ -35,13 +36,13 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, errno
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
-from libc.string cimport memcpy, memset, strerror
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
-                            mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
+                            mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
                             socklen_t)
 
 from radcore.errors import PacketError
@@ -497,6 +498,11 @@ cdef class Lane:
         else:
             raise ValueError(f"not an IP address: {addr[0]!r}")
         self.out.add(k, wire, name, namelen)
+
+    @property
+    def gso(self):
+        """Whether replies of one size for one destination still leave as one UDP GSO message."""
+        return self.out.gso
 
     def flush(self):
         """Send every queued reply, one sendmmsg per run of replies on the same socket.

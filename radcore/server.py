@@ -325,7 +325,10 @@ class Worker:
             self.ratelog(logging.ERROR, "internal", "batch of %d datagrams failed", lane.received,
                          exc_info=True)
         finally:
+            coalescing = lane.gso
             sent, failed = lane.flush()
+            if coalescing and not lane.gso:
+                log.warning("the reply path refuses UDP GSO: replies now leave one datagram per message")
         for address, error in failed:
             answered -= 1
             self.recorder.add("send_errors")
