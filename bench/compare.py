@@ -412,6 +412,9 @@ def _notes(args, ncpu: int) -> list[str]:
          "FreeRADIUS 3.2.1 sends none. All requests carry one and all servers require it."),
         ("Benchmark series: 1,000,000.00 USD per card and 65535 concurrent calls, because number-auth "
          "authorizes calls that never start (their reservations stay until the sweeper expires them)."),
+        ("radcore sends a batch's replies of one size for one destination as UDP GSO messages (up to 64 "
+         "datagrams each, cut by the kernel); the load generator's sockets are the destinations, as a "
+         "switch's one RADIUS address and port would be. FreeRADIUS and pyrad send one datagram per call."),
         f"FreeRADIUS thread pool: {args.fr_threads} threads (start = max), pinned like the other servers.",
         (f"radcore: server.batch_max = {args.batch_max} (datagrams per batch, so per durable commit; the "
          "shipped default is 256)."),
