@@ -271,7 +271,7 @@ def _create_local(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Create the token directly in the data directory of the config file (no server)."""
     from control.auth import LOCAL, TokenRecord, create_token, list_tokens
     from radcore.clock import default_clock
-    from radcore.config import load_config
+    from radcore.config_file import load_config
     from radcore.errors import ConfigError, RadcoreError, StoreError
     from radcore.store import Store
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import radcore
 from radcore import fastpath
-from radcore.config import load_config
+from radcore.config_file import load_config
 from radcore.errors import ConfigError, RadcoreError
 
 SERVE_HELP = """\

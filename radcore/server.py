@@ -7,14 +7,8 @@ everything per batch: client lookup and duplicate detection per datagram (dict h
 commit), one `fastpath.encode_responses`, then one `sendto` per reply. Replies leave only after
 `handle` returns, i.e. after the batch is durable (DESIGN.md, "Speed design").
 
-Sockets: the supervisor binds one auth and one acct socket *per worker* in SO_REUSEPORT groups
-before forking, and each worker uses its own pair. Binding in the parent resolves port 0 once
-(tests, and the ready file), and no packet can arrive at a port nobody has bound yet during
-start-up. The kernel hashes each NAS 4-tuple to one socket of a group, so a NAS's retransmissions
-always reach the same worker; that is what makes the per-worker duplicate cache correct. The
-parent keeps every socket open, so a crashed worker's socket stays in its group: the hash does
-not reshuffle, and packets queue for the replacement worker instead of going to a worker whose
-cache has never seen them.
+Sockets are bound by the supervisor before it forks (`radcore.listeners`); each worker serves
+its own auth and acct socket.
 
 Hygiene (DESIGN.md, "Protocol hygiene"): unknown client, bad authenticator, bad or missing
 Message-Authenticator and malformed packets are dropped silently and counted by reason
@@ -36,7 +30,8 @@ from typing import TYPE_CHECKING, Protocol
 from . import dictionary as d
 from . import fastpath
 from .clock import default_clock
-from .config import Client, Config, load_config, parse_listen
+from .config import Client, Config
+from .config_file import load_config
 from .dupcache import ACCT, AUTH, BatchDeduper, DuplicateCache
 from .errors import ConfigError, PacketError
 from .metrics import RateLimitedLog, Recorder
@@ -49,7 +44,6 @@ log = logging.getLogger(__name__)
 Attribute = tuple[int, bytes]
 Source = tuple[str, int]
 TICK_SECONDS = 1.0
-RCVBUF_BYTES = 4 << 20  # absorbs bursts while a batch commits; the kernel caps it at rmem_max
 _PORT_CODES = {AUTH: frozenset({d.Code.ACCESS_REQUEST, d.Code.STATUS_SERVER}),
                ACCT: frozenset({d.Code.ACCOUNTING_REQUEST, d.Code.STATUS_SERVER})}
 
@@ -103,64 +97,6 @@ class NoStoreHandler:
     def handle(self, batch: list[tuple[Request, Client, Source]]) -> list[Reply]:
         return [self._REJECT if req.code == d.Code.ACCESS_REQUEST else self._NOT_RECORDED
                 for req, _, _ in batch]
-
-
-# ---------------------------------------------------------------------------------------------
-# Sockets
-
-
-class Listeners:
-    """One auth and one acct socket per worker slot (index = slot), all bound before any fork."""
-
-    def __init__(self, auth: list[socket.socket], acct: list[socket.socket]):
-        self.auth, self.acct = auth, acct
-        self.auth_port = auth[0].getsockname()[1]
-        self.acct_port = acct[0].getsockname()[1]
-
-    def close(self, keep: Sequence[socket.socket] = ()) -> None:
-        for sock in self.auth + self.acct:
-            if sock not in keep:
-                sock.close()
-
-
-def bind_listeners(config: Config, slots: int) -> Listeners:
-    auth = _bind_group(config.server.auth_listen, slots)
-    try:
-        acct = _bind_group(config.server.acct_listen, slots)
-    except BaseException:
-        for sock in auth:
-            sock.close()
-        raise
-    return Listeners(auth, acct)
-
-
-def _bind_group(listen: str, count: int) -> list[socket.socket]:
-    """`count` non-blocking UDP sockets sharing one address in an SO_REUSEPORT group.
-
-    SO_REUSEPORT would let us silently *join* another process's group on the same port (a second
-    radcore started by mistake, which would then get half the traffic), and the kernel may even
-    autobind port 0 into such a group. So a plain probe socket binds first: it fails with
-    EADDRINUSE if anyone holds the port, and for port 0 it picks a port nobody holds.
-    """
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, port))
-        port = probe.getsockname()[1]
-    group: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            group.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-            sock.bind((host, port))
-            sock.setblocking(False)
-    except BaseException:
-        for sock in group:
-            sock.close()
-        raise
-    return group
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import fastpath
-from .config import Config, load_config, parse_listen
+from .config import Config, parse_listen
+from .config_file import load_config
 from .errors import ConfigError
+from .listeners import Listeners, bind_listeners
 from .metrics import SharedMetrics
-from .server import HandlerFactory, Listeners, NoStoreHandler, Worker, _drain, bind_listeners
+from .server import HandlerFactory, NoStoreHandler, Worker, _drain
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,21 @@ from pathlib import Path
 from radcore import dictionary as d
 from radcore import packet
 from radcore.clock import FixedClock
-from radcore.config import Client, Config, load_config
+from radcore.config import Client, Config
+from radcore.config_file import load_config
 from radcore.generation import generate_series
 from radcore.handler import PrepaidHandler
 from radcore.keys import KeyRing
 from radcore.rating import Rate, put_rate, put_rate_table
-from radcore.store import RateTable, Series, Store, TaxProfile, card_key, format_card_number, get_card
+from radcore.store import (
+    RateTable,
+    Series,
+    Store,
+    TaxProfile,
+    card_key,
+    format_card_number,
+    get_card,
+)
 
 SECRET = b"prepaid-test-secret-0123"
 NAS_IP = "10.1.1.1"

@@ -23,7 +23,7 @@ import pytest
 from radcore import dictionary as d
 from radcore import packet
 from radcore.attack_model import guessing_odds, success_probability
-from radcore.config import load_config
+from radcore.config_file import load_config
 from radcore.metrics import SharedMetrics
 from radcore.replies import return_code
 from radcore.store import CardStatus

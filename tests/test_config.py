@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from radcore.config import BUILTIN_PROFILES, OUTCOMES, Config, load_config, parse_listen
+from radcore.config import BUILTIN_PROFILES, OUTCOMES, Config, parse_listen
+from radcore.config_file import load_config
 from radcore.dictionary import ReturnCode
 from radcore.errors import ConfigError
 

@@ -33,7 +33,7 @@ import pytest
 
 from radcore import dictionary as d
 from radcore import packet
-from radcore.config import load_config
+from radcore.config_file import load_config
 from radcore.replies import return_code
 from radcore.server import NoReply
 from radcore.store import CardStatus, Store, card_key, get_card, put_card

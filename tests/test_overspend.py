@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from radcore import dictionary as d
 from radcore import packet
 from radcore.clock import FixedClock
-from radcore.config import load_config
+from radcore.config_file import load_config
 from radcore.generation import generate_series
 from radcore.handler import PrepaidHandler
 from radcore.keys import KeyRing

@@ -350,7 +350,7 @@ class ScriptedHandler:
 
 @pytest.fixture
 def worker_env(tmp_path):
-    from radcore.config import load_config
+    from radcore.config_file import load_config
     from radcore.server import Worker
 
     shared = SharedMetrics(1, implementation="python")
