@@ -99,6 +99,8 @@ def run_cell(server, cards, mode: str, window: int, args) -> dict:
     if before and after and after["batches"] > before["batches"]:
         summary["server_batch_avg"] = round((after["replies"] - before["replies"])
                                             / (after["batches"] - before["batches"]), 1)
+    if after.get("peak_rss_mib"):
+        summary["server_peak_rss_mib"] = after["peak_rss_mib"]
     summary["server"] = server.label
     summary["window"] = window
     summary["socket_window"] = per_socket
@@ -111,7 +113,8 @@ def compact(run: dict) -> dict:
     return {"server": run["server"], "mode": run["mode"], "window": run["window"], "round": run["round"],
             "in_flight": run["in_flight"], "requests_per_s": run["requests_per_s"], "p50": lat["p50"],
             "p99": lat["p99"], "p99.9": lat["p99.9"], "rejects": c["rejects"], "timeouts": c["timeouts"],
-            "bad": c["bad"], "batch_avg": run.get("server_batch_avg"), "loadgen_cores": run["loadgen_cores"],
+            "bad": c["bad"], "batch_avg": run.get("server_batch_avg"),
+            "peak_rss_mib": run.get("server_peak_rss_mib"), "loadgen_cores": run["loadgen_cores"],
             "steal_pct": run.get("steal_pct")}
 
 

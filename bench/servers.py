@@ -26,6 +26,16 @@ from radcore.config import ServerConfig
 SECRET = "bench-secret-2f6c1e9a07d4b358"
 
 
+def _peak_rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class RadcoreServer:
     """`python -m radcore.supervisor` with the prepaid handler on a fresh copy of the store.
 
@@ -112,7 +122,9 @@ class RadcoreServer:
                 "durable": self.data_root is None}
 
     def counters(self) -> dict[str, float]:
-        """Replies and batches so far, from /metrics (for the average batch size of a run)."""
+        """Replies and batches so far, from /metrics (for the average batch size of a run), and the
+        largest worker's peak RSS since it started (`peak_rss_mib`, VmHWM: LMDB's map pages it read
+        count too, and under a journaled backlog the pages its held transaction dirtied)."""
         port = self.ready.get("metrics_port")
         if not port:
             return {}
@@ -127,6 +139,9 @@ class RadcoreServer:
                 out["replies"] += float(line.rsplit(" ", 1)[1])
             elif line.startswith("radcore_batches_total "):
                 out["batches"] = float(line.rsplit(" ", 1)[1])
+        peaks = [_peak_rss_kib(pid) for pid in self.worker_pids()]
+        if any(peaks):
+            out["peak_rss_mib"] = round(max(peaks) / 1024)
         return out
 
     def log(self) -> str:

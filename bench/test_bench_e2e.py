@@ -110,6 +110,8 @@ def test_radcore_end_to_end(benchmark, server, cards, sizes, mode):
         info[f"{op}_p99_us"] = o["latency_us"]["p99"]
     if before and after and after["batches"] > before["batches"]:
         info["batch_avg"] = round((after["replies"] - before["replies"]) / (after["batches"] - before["batches"]), 1)
+    assert after["peak_rss_mib"] > 0  # the worker's VmHWM, which bench.compare reports per cell
+    info["worker_peak_rss_mib"] = after["peak_rss_mib"]
 
 
 @contextlib.contextmanager
