@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 import pathlib
 import random
 import struct
@@ -26,24 +25,19 @@ from hypothesis import strategies as st
 from radcore import dictionary as d
 from radcore import errors, packet
 
+from helpers_codec import load_fastpath
+
 pyrad_packet = pytest.importorskip("pyrad.packet")
 pyrad_dictionary = pytest.importorskip("pyrad.dictionary")
 
 VECTORS = pathlib.Path(__file__).parent / "vectors"
-REQUIRE_EXTENSIONS = bool(os.environ.get("RADCORE_REQUIRE_EXTENSIONS"))
 SEED = 20240711
 
 
 @pytest.fixture(scope="module")
 def cy():
     """The compiled module; skipped without it, a failure under RADCORE_REQUIRE_EXTENSIONS."""
-    try:
-        from radcore import _fastpath
-    except ImportError as exc:
-        if REQUIRE_EXTENSIONS:
-            pytest.fail(f"RADCORE_REQUIRE_EXTENSIONS is set but radcore._fastpath does not import: {exc}")
-        pytest.skip(f"radcore._fastpath is not built: {exc}")
-    return _fastpath
+    return load_fastpath()
 
 
 @pytest.fixture(scope="module", params=["py", "cy"], ids=["py", "cy"])
