@@ -412,7 +412,8 @@ def _notes(args, ncpu: int) -> list[str]:
          "detail writer and the pyrad server append to a file without fsync, and neither keeps a balance, rates "
          "a call or reserves credit: their number authorization is a static users-file reply."),
         ("radcore's replies to Access-Requests carry a Message-Authenticator (HMAC-MD5), as do pyrad's; "
-         "FreeRADIUS 3.2.1 sends none. All requests carry one and all servers require it."),
+         "FreeRADIUS 3.2.1 sends none. Every Access-Request carries one and all servers require it; "
+         "Accounting-Requests carry none (their Request Authenticator signs them)."),
         ("Benchmark series: 1,000,000.00 USD per card and 65535 concurrent calls, because number-auth "
          "authorizes calls that never start (their reservations stay until the sweeper expires them)."),
         ("radcore sends a batch's replies of one size for one destination as UDP GSO messages (up to 64 "

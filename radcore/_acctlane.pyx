@@ -19,8 +19,8 @@ in the process wants to write. What it answers:
 It declines (returns None, and the request takes the Python path after this batch's commit) whatever
 the reference does something else with or logs: Accounting-On/Off, a call with no identifier, an unknown
 card, an authorization filed without a call id, an unrated number, a call that overruns its balance,
-a longer report after a Stop (its CDR is amended), a Message-Authenticator or Proxy-State, text that
-is not plain ASCII, anything malformed. tests/test_acctlane.py checks that the lane and the reference
+a longer report after a Stop (its CDR is amended), a Proxy-State, text that is not plain ASCII,
+anything malformed. A Message-Authenticator is verified here, as the reference does (RFC 3579). tests/test_acctlane.py checks that the lane and the reference
 leave the same bytes in the store and send the same replies, over generated call flows.
 
 `WriteLane`, the class a worker uses, adds number authorization in the same transaction
@@ -33,7 +33,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset
 
-from radcore._fastpath cimport _equal, _packet_md5
+from radcore._fastpath cimport _equal, _packet_hmac, _packet_md5
 from radcore._lane cimport WriteAnswer
 
 include "_records.pxi"
@@ -247,6 +247,12 @@ cdef class AccountingLane(WriteAnswer):
         cdef Acct a
         if not c.eligible or not _parse(pkt, length, &a):
             return None
+        if a.ma_offset >= 0:
+            # RFC 3579 §3.2: over the packet with a zero Request Authenticator and a zero MAC value.
+            _packet_hmac(mac, pkt, length, _ZEROS, a.ma_offset, c.secret)
+            if not _equal(mac, pkt + a.ma_offset, 16):
+                self.inert = True  # dropped and counted by the reference
+                return None
         if a.status != START and a.status != STOP and a.status != INTERIM:
             return None
         cdef Span cid = a.conf_id if a.conf_id.n else a.session_id

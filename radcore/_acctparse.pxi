@@ -13,6 +13,7 @@ cdef struct Acct:
     int64_t session_time        # -1: absent
     uint32_t delay_time
     uint32_t terminate_cause
+    Py_ssize_t ma_offset        # where the Message-Authenticator's value starts; -1: none
 
 
 cdef bint _h323_vsa(const uint8_t* v, Py_ssize_t vlen, Span* conf_id) noexcept nogil:
@@ -51,6 +52,7 @@ cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
     a.session_time = -1
     a.delay_time = 0
     a.terminate_cause = 0
+    a.ma_offset = -1
     while pos < length:
         if pos + 2 > length:
             return False
@@ -72,8 +74,12 @@ cdef bint _parse(const uint8_t* pkt, Py_ssize_t length, Acct* a) noexcept nogil:
             a.called.p = v; a.called.n = vlen
         elif atype == 44:
             a.session_id.p = v; a.session_id.n = vlen
-        elif atype == 80 or atype == 33:
-            return False  # Message-Authenticator (verified by the reference), Proxy-State (echoed)
+        elif atype == 80:
+            if vlen != 16 or a.ma_offset >= 0:
+                return False  # the reference drops a malformed or second Message-Authenticator
+            a.ma_offset = pos + 2
+        elif atype == 33:
+            return False  # Proxy-State: echoed in the reply by the reference
         elif atype == 40 or atype == 46 or atype == 41 or atype == 49 or atype == 55:
             if vlen != 4:
                 return False

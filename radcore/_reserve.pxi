@@ -9,7 +9,7 @@
 # redirect-number profiles, CHAP, Proxy-State, unusual spellings) is declined before anything is written.
 # tests/test_acctlane.py compares the replies and the store with the reference's over generated calls.
 
-from radcore._fastpath cimport _packet_hmac, _unhide
+from radcore._fastpath cimport _unhide
 
 include "_sha256.pxi"
 

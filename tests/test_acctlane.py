@@ -65,6 +65,20 @@ def reference(world: World, raw: bytes, client) -> bytes | None:
 
 
 
+def signed(raw: bytes, secret: bytes = SECRET, *, tamper: bool = False) -> bytes:
+    """`raw` (an Accounting-Request) with a Message-Authenticator as its last attribute, made as a
+    switch that signs its accounting makes it (RFC 3579 §3.2): the HMAC over the packet with a zero
+    Request Authenticator and a zero MAC value, then the Request Authenticator over the result."""
+    ma = bytes((d.MESSAGE_AUTHENTICATOR, 18)) + bytes(16)
+    buf = bytearray(raw[:2] + (len(raw) + 18).to_bytes(2, "big") + bytes(16) + raw[20:] + ma)
+    offset = len(buf) - 16
+    buf[offset:] = packet.message_authenticator(bytes(buf), secret, bytes(16), offset)
+    if tamper:
+        buf[offset] ^= 1
+    buf[4:20] = packet.request_authenticator(bytes(buf), secret)
+    return bytes(buf)
+
+
 class Pair:
     """The reference world and the lane world, fed the same requests."""
 
@@ -164,6 +178,7 @@ def test_generated_call_flows_leave_the_same_store_and_replies(world, tmp_path, 
         calls.append({"card": (series, serial), "conf": conf, "sid": f"S{seed}-{n}",
                       "called": rng.choice(NUMBERS), "time": 0, "nas": rng.choice(["", "", "gw-7"]),
                       "stage": "new"})
+    sign = (lambda raw: signed(raw) if rng.random() < 0.3 else raw)  # some switches sign accounting
     for _ in range(500):
         call = rng.choice(calls)
         number = world.number(*call["card"])
@@ -175,17 +190,18 @@ def test_generated_call_flows_leave_the_same_store_and_replies(world, tmp_path, 
             pair.access(access_request(world, *call["card"], call["called"], call["conf"]))
             call["stage"] = "authorized"
         elif roll < 0.6:
-            pair.account(accounting(number, d.AcctStatus.START, **common))
+            pair.account(sign(accounting(number, d.AcctStatus.START, **common)))
             call["stage"] = "started"
         elif roll < 0.8:
             call["time"] += rng.choice([0, 1, 3, 29, 30, 60, 61, 95, 127, 600])
-            pair.account(accounting(number, d.AcctStatus.INTERIM_UPDATE, session_time=call["time"], **common))
+            pair.account(sign(accounting(number, d.AcctStatus.INTERIM_UPDATE, session_time=call["time"],
+                                         **common)))
         else:
             call["time"] += rng.choice([0, 0, 2, 45, 130, 211])
-            pair.account(accounting(number, d.AcctStatus.STOP, session_time=call["time"],
-                                    delay=rng.choice([0, 0, 4]), extra=[(d.ACCT_TERMINATE_CAUSE,
-                                                                         (1).to_bytes(4, "big"))],
-                                    **common))
+            pair.account(sign(accounting(number, d.AcctStatus.STOP, session_time=call["time"],
+                                         delay=rng.choice([0, 0, 4]), extra=[(d.ACCT_TERMINATE_CAUSE,
+                                                                              (1).to_bytes(4, "big"))],
+                                         **common)))
             call["stage"] = "stopped"
         if rng.random() < 0.2:
             pair.tick(rng.choice([1, 7, 60]))
@@ -195,6 +211,31 @@ def test_generated_call_flows_leave_the_same_store_and_replies(world, tmp_path, 
     with pair.fast.store.begin() as txn:
         cdrs = sum(1 for s, n in cards for _ in iter_card_cdrs(txn, pair.fast.store, card_key(s, n)))
     assert cdrs > 10
+
+
+def test_signed_accounting_is_verified_and_answered_by_the_lane(world, tmp_path):
+    """A Message-Authenticator on accounting is checked in the lane: a good one is answered there, a
+    wrong one (or a wrong secret) is dropped by the reference without touching the store, a second
+    one or one of the wrong size is left to the reference, which drops it too."""
+    pair = Pair(world, tmp_path)
+    lane, cisco = pair.lane, pair.fast.client()
+    n45 = world.number(45, 1)
+    common = dict(conf_id="SIGNED-1", called="442079460000")
+    assert pair.account(signed(accounting(n45, d.AcctStatus.START, **common))) is not None
+    assert pair.answered == 1
+    before = dump(pair.fast)
+    bad = [signed(accounting(n45, d.AcctStatus.STOP, session_time=30, **common), tamper=True),
+           signed(accounting(n45, d.AcctStatus.STOP, session_time=30, **common), b"other secret"),
+           signed(signed(accounting(n45, d.AcctStatus.STOP, session_time=30, **common))),
+           accounting(n45, d.AcctStatus.STOP, session_time=30, extra=[(d.MESSAGE_AUTHENTICATOR, bytes(15))],
+                      **common)]
+    for raw in bad:
+        assert lane.decide(raw, cisco, SOURCE_IP) is None, raw
+        assert reference(pair.fast, raw, cisco) is None  # dropped
+    assert dump(pair.fast) == before
+    assert pair.account(signed(accounting(n45, d.AcctStatus.STOP, session_time=30, **common))) is not None
+    assert pair.answered == 2
+    pair.check()
 
 
 def test_number_authorizations_reserve_exactly_as_the_reference(world, tmp_path):
