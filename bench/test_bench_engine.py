@@ -242,13 +242,15 @@ def test_card_auth_batch_python(benchmark, auth_batch, codec):
 # --- 4. batch: accounting -----------------------------------------------------------------------------
 
 @pytest.mark.benchmark(group="batch-accounting")
+@pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
 @pytest.mark.parametrize("path", ["c-write-lane", "python-handler"])
-def test_accounting_batch_start_stop(benchmark, tmp_path, path):
+def test_accounting_batch_start_stop(benchmark, tmp_path, path, signed):
     """64 Start+Stop pairs (64 cards, h323-conf-id, 20% tax) in one write transaction: rate the
     unannounced call, open its session, settle, close it, append its CDR. `c-write-lane`: the worker's
     C lane (WriteLane.run_batch, as Lane.serve runs it); `python-handler`: parse_batch (fastpath),
-    PrepaidHandler.handle and encode_responses. Every round uses fresh conf-ids, so every round
-    settles 64 new calls; requests are built in the untimed setup; the money is asserted exactly."""
+    PrepaidHandler.handle and encode_responses. `signed`: every request carries a Message-Authenticator
+    (RFC 3579), as some switches send. Every round uses fresh conf-ids, so every round settles 64 new
+    calls; requests are built in the untimed setup; the money is asserted exactly."""
     world = _world(tmp_path)
     if path == "c-write-lane" and world.handler.fast_write is None:
         pytest.skip("the C lanes (radcore._lane, radcore._acctlane) are not built")
@@ -260,11 +262,12 @@ def test_accounting_batch_start_stop(benchmark, tmp_path, path):
     state = {"round": 0, "raws": []}
 
     def request(i: int, status: int, conf: str, extra: list) -> bytes:
-        return packet.encode_accounting_request(i & 0xFF, [
+        raw = packet.encode_accounting_request(i & 0xFF, [
             (d.USER_NAME, world.number(46, i).encode()), (d.NAS_IP_ADDRESS, NAS),
             (d.ACCT_STATUS_TYPE, status.to_bytes(4, "big")), (d.ACCT_SESSION_ID, conf[:8].encode()),
             (d.CALLED_STATION_ID, b"442079460000"), (CONF_VSA, f"h323-conf-id={conf}".encode()),
             *extra], SECRET)
+        return helpers_prepaid.signed_accounting(raw) if signed else raw
 
     def setup():
         state["round"] += 1
@@ -299,6 +302,8 @@ def test_accounting_batch_start_stop(benchmark, tmp_path, path):
     assert len(cdrs) == rounds * BATCH and world.handler.settlement.orphans == 0
     assert before - balances() == sum(c.cost for c in cdrs) == rounds * per_round
     benchmark.extra_info.update(requests=2 * BATCH, calls_settled=rounds * BATCH)
+    if path == "c-write-lane":
+        assert world.handler.fast_write.answered == 2 * BATCH * rounds  # none left to the Python path
 
 
 # --- 5. batch: number authorization ------------------------------------------------------------------
