@@ -109,6 +109,29 @@ def test_replies_of_one_size_and_destination_leave_together_and_arrive_as_queued
             s.close()
 
 
+def test_ipv6_replies_coalesce_too():
+    """UDP_SEGMENT works the same over IPv6: ten equal replies to one switch leave as one message."""
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    gw = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        server.bind(("::1", 0))
+        server.setblocking(False)
+        gw.bind(("::1", 0))
+        gw.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        gw.settimeout(2)
+        lane = lane_module.Lane([(server, ACCT)], 16)
+        wires = [_reply(1, n, 20) for n in range(10)]
+        for wire in wires:
+            lane.queue(server, wire, gw.getsockname())
+        assert lane.flush() == (10, [])
+        got = _drain(gw, 10)
+        assert [(len(data), seg) for data, seg in got] == [(200, 20)]
+        assert _datagrams(got) == wires
+    finally:
+        server.close()
+        gw.close()
+
+
 def test_a_path_that_cannot_segment_gets_every_reply_one_by_one():
     """The kernel refuses GSO on a socket without UDP checksums (EINVAL): the outbox sends that
     message's replies and every later one as single datagrams, and stops trying."""
