@@ -2,18 +2,12 @@
 # across batches behind the write-ahead journal. Included by _acctlane.pyx.
 
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from radcore._lane cimport _monotonic_ns
 
 from radcore import journal
 
 cdef uint8_t PUT_OP = journal.PUT
 cdef uint8_t DELETE_OP = journal.DELETE
-
-
-cdef inline int64_t _monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef class HeldTransaction:

@@ -1,7 +1,15 @@
 # Declarations of the worker's C batch loop (radcore/_lane.pyx), so a prepaid module can plug a fast
 # answer into it without the loop knowing anything about cards.
 
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+
+cdef inline int64_t _monotonic_ns() noexcept nogil:
+    # CLOCK_MONOTONIC in nanoseconds: the batch loop's poll deadlines, the write lane's checkpoint age.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef class FastAnswer:

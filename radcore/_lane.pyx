@@ -38,7 +38,6 @@ from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strerror
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
@@ -63,12 +62,6 @@ cdef extern from "<poll.h>":
         short revents
     int POLLIN
     int poll(pollfd* fds, unsigned long nfds, int timeout) nogil
-
-
-cdef inline int64_t _monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 #: The port kinds of radcore.dupcache (duplicate-cache key classes).
