@@ -20,8 +20,9 @@ It declines (returns None, and the request takes the Python path after this batc
 the reference does something else with or logs: Accounting-On/Off, a call with no identifier, an unknown
 card, an authorization filed without a call id, an unrated number, a call that overruns its balance,
 a longer report after a Stop (its CDR is amended), a Proxy-State, text that is not plain ASCII,
-anything malformed. A Message-Authenticator is verified here, as the reference does (RFC 3579). tests/test_acctlane.py checks that the lane and the reference
-leave the same bytes in the store and send the same replies, over generated call flows.
+anything malformed. A Message-Authenticator is verified here, as the reference does (RFC 3579).
+tests/test_acctlane.py checks that the lane and the reference leave the same bytes in the store and
+send the same replies, over generated call flows.
 
 `WriteLane`, the class a worker uses, adds number authorization in the same transaction
 (`_reserve.pxi`, included at the end); `_sessions.pxi` holds the record layouts, keys and the

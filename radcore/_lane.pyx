@@ -41,8 +41,8 @@ from libc.string cimport memcmp, memcpy, memset, strerror
 
 from radcore._dupcache cimport KEY_SIZE, DuplicateCache, sockaddr_key
 from radcore._mmsg cimport (AF_INET, AF_INET6, MSG_DONTWAIT, htonl, htons, inet_ntop, inet_pton, iovec,
-                            mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in, sockaddr_in6,
-                            socklen_t)
+                            mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr, sockaddr_in,
+                            sockaddr_in6, socklen_t)
 
 from radcore.errors import PacketError
 

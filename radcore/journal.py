@@ -16,8 +16,9 @@ Recovery relies on one invariant. A journal's records beyond its applied offset 
 its writer holds the LMDB write lock (the open transaction), so whoever next takes the lock after
 that writer died finds them and must replay them before doing anything else: `Store.begin(write=True)`
 calls `recover` first, and commits a replay on its own, so that no newer journal is ever written on
-top of an uncommitted one (the two could not be told apart by order later). A live writer holds an exclusive flock(2) on its file, which is how recovery
-tells a dead writer's journal from a live one's; the kernel drops the lock when the process dies.
+top of an uncommitted one (the two could not be told apart by order later). A live writer holds an
+exclusive flock(2) on its file, which is how recovery tells a dead writer's journal from a live
+one's; the kernel drops the lock when the process dies.
 
 A writer holding its transaction open must not starve the others (a second worker, the control
 plane's generation and fee runs): anyone about to wait for the LMDB write lock holds a shared flock

@@ -51,7 +51,8 @@ def _drain(sock: socket.socket, expected: int) -> list[tuple[bytes, int]]:
     got, datagrams = [], 0
     while datagrams < expected:
         data, anc, _flags, _addr = sock.recvmsg(1 << 16, socket.CMSG_SPACE(4))
-        seg = next((struct.unpack("=I", v[:4])[0] for lvl, typ, v in anc if lvl == socket.SOL_UDP and typ == UDP_GRO), 0)
+        seg = next((struct.unpack("=I", v[:4])[0] for lvl, typ, v in anc
+                    if lvl == socket.SOL_UDP and typ == UDP_GRO), 0)
         got.append((data, seg))
         datagrams += -(-len(data) // seg) if seg else 1
     return got
