@@ -168,8 +168,13 @@ cdef class AccountingLane(WriteAnswer):
         return 0
 
     cdef int commit(self, bint more) except -1:
-        self.held.end_batch(more)
-        return 0
+        return self.held.end_batch(more)
+
+    cdef int settle(self) except -1:
+        return self.held.settle()
+
+    cdef bint flushed(self) except -1:
+        return self.held.flushed()
 
     cdef int abort(self) except -1:
         self.held.abort_batch()
@@ -200,7 +205,8 @@ cdef class AccountingLane(WriteAnswer):
                     out.append(self.authorize(<const uint8_t*>PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt),
                                               client, ip))
             if any(wire is not None for wire in out):
-                self.commit(more)
+                if self.commit(more):
+                    self.settle()
             else:
                 self.abort()
         except BaseException:

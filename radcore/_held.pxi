@@ -2,9 +2,13 @@
 # across batches behind the write-ahead journal. Included by _acctlane.pyx.
 
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.string cimport strerror
 from radcore._lane cimport _monotonic_ns
 
 from radcore import journal
+from radcore.errors import StoreError
+
+include "_syncer.pxi"
 
 cdef uint8_t PUT_OP = journal.PUT
 cdef uint8_t DELETE_OP = journal.DELETE
@@ -15,11 +19,15 @@ cdef class HeldTransaction:
 
     `end_batch(more)` commits it, unless more requests are already waiting, `checkpoint_ms` has not
     run out and nobody else waits for the write lock: then the batch's puts and deletes, collected
-    by `put` and `delete` in radcore.journal's encoding, are appended to this process's journal and
-    flushed instead, and the transaction stays open for the next batch. The commit that ends such a
-    run (`checkpoint`) records in the store how much of the journal it holds. If the transaction is
-    lost instead, the journal is closed, which hands its unapplied records to recovery: the next
-    write transaction, in this process or any other, replays them (radcore.journal.recover).
+    by `put` and `delete` in radcore.journal's encoding, are appended to this process's journal
+    instead, and the transaction stays open for the next batch. The record's flush runs on the
+    `Syncer` thread while the caller decides the next batch; `end_batch` then returns 1, and the
+    batch's replies wait for `settle`. The next `end_batch`, `checkpoint` or loss of the transaction
+    waits for that flush first, so a record is never written after one that is not yet on disk. The
+    commit that ends such a run (`checkpoint`) records in the store how much of the journal it
+    holds. If the transaction is lost instead, the journal is closed, which hands its flushed records
+    to recovery: the next write transaction, in this process or any other, replays them
+    (radcore.journal.recover). A flush that fails loses the transaction, and `settle` raises.
     """
 
     cdef object store
@@ -33,10 +41,16 @@ cdef class HeldTransaction:
     cdef bint journaled               # txn holds batches that only the journal has made durable
     cdef public long long appends     # batches made durable by a journal append
     cdef public long long checkpoints  # commits of a transaction that held journaled batches
+    cdef Syncer syncer                # flushes the last record in the background
+    cdef bint syncing                 # that flush is in flight (or done and not yet collected)
+    cdef Py_ssize_t sync_end          # the journal offset after the record being flushed
+    cdef object failed                # StoreError of a failed flush, until `settle` raises it
 
     def __init__(self, store):
         self.store = store
         self.txn = None
+        self.syncer = Syncer()
+        self.failed = None
 
     def __dealloc__(self):
         PyMem_Free(self.ops)
@@ -53,7 +67,7 @@ cdef class HeldTransaction:
             self.journal = None
 
     def flush(self):
-        if self.txn is not None:
+        if self.txn is not None or self.syncing:
             self.checkpoint()
 
     def flush_due(self):
@@ -71,23 +85,66 @@ cdef class HeldTransaction:
         return True
 
     cdef int end_batch(self, bint more) except -1:
-        """Make the batch durable: a journal append if `more` requests wait (see the class), else
-        a commit."""
+        """Make the batch durable: a journal record if `more` requests wait (see the class), else a
+        commit. Returns 1 if its record is still being flushed (the replies wait for `settle`), else
+        0: durable now."""
+        self._collect()
+        if self.txn is None:
+            raise StoreError("the write transaction was lost with an earlier batch's journal flush")
         if (more and self.hold_ns and _monotonic_ns() - self.opened_ns < self.hold_ns
                 and not self.store.waiters.any()):  # nobody else is waiting to write
-            if self.ops_n:
-                if self.journal is None:
-                    self.journal = journal.JournalWriter(self.store.journal_dir)
-                self.journal.append(PyBytes_FromStringAndSize(<const char*>self.ops, self.ops_n))
-                self.ops_n = 0
-                self.journaled = True
-                self.appends += 1
-            return 0
+            if not self.ops_n:
+                return 0
+            if self.journal is None:
+                self.journal = journal.JournalWriter(self.store.journal_dir)
+            self.sync_end = self.journal.write(PyBytes_FromStringAndSize(<const char*>self.ops, self.ops_n))
+            self.ops_n = 0
+            self.journaled = True
+            self.appends += 1
+            self.syncer.start(self.journal.fd)
+            self.syncing = True
+            return 1
         self.checkpoint()
+        return 0
+
+    cdef int settle(self) except -1:
+        """Wait until the batch `end_batch` returned 1 for is on disk; raise StoreError if its
+        flush failed (the transaction and that batch are lost, earlier batches are not)."""
+        self._collect()
+        if self.failed is not None:
+            failed, self.failed = self.failed, None
+            raise failed
+        return 0
+
+    cdef bint flushed(self) noexcept:
+        """Whether `settle` would return without waiting."""
+        return not self.syncing or self.syncer.done()
+
+    cdef int _collect(self) except -1:
+        """Wait for the flush in flight, if any, and act on its outcome: the record counts, or the
+        journal is cut back and the transaction lost."""
+        cdef int error
+        if not self.syncing:
+            return 0
+        self.syncing = False
+        error = self.syncer.wait()
+        if not error:
+            self.journal.flushed(self.sync_end)
+            return 0
+        self.journal.cut()
+        self.failed = StoreError(f"journal {self.journal.name}: {strerror(error).decode()}")
+        if self.txn is not None:
+            txn, self.txn = self.txn, None
+            self._txn_put = self._txn_delete = None
+            self.ops_n = 0
+            self._lost(txn)
         return 0
 
     cdef int checkpoint(self) except -1:
         """Commit durably; the commit records that every journaled batch is in the store."""
+        self._collect()
+        if self.txn is None:
+            return 0  # lost with a failed flush: `settle` reports it
         txn, self.txn = self.txn, None
         self._txn_put = self._txn_delete = None
         self.ops_n = 0
@@ -119,7 +176,8 @@ cdef class HeldTransaction:
 
     cdef int _lost(self, object txn) except -1:
         """`txn` will not commit: abort it and, if it held journaled batches, close the journal so
-        the next write transaction (this process's own included) replays them."""
+        the next write transaction (this process's own included) replays the flushed ones."""
+        self._collect()
         txn.abort()
         if self.journaled:
             self.journaled = False

@@ -36,6 +36,11 @@ cdef class WriteAnswer:
     cdef bint inert
     # Make everything `account` wrote durable before its replies leave: a commit, or, where `more`
     # requests are already waiting, possibly a journal append that a later commit catches up with
-    # (radcore.journal). `abort` forgets what this batch wrote.
+    # (radcore.journal). `abort` forgets what this batch wrote. `commit` returns 1 when the append
+    # is still being flushed: then the replies wait for `settle`, which returns once they may leave
+    # and raises if the batch was lost; the lane calls it before the next `commit`. `flushed` says
+    # whether `settle` would return at once.
     cdef int commit(self, bint more) except -1
+    cdef int settle(self) except -1
+    cdef bint flushed(self) except -1
     cdef int abort(self) except -1

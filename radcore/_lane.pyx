@@ -13,7 +13,11 @@ sixth in one recvfrom/sendto pair per packet), so a worker on Linux runs its bat
    no attribute list, just the reply bytes. A request that a `WriteAnswer` (the prepaid write lane,
    `radcore._acctlane`: accounting and number authorization) can decide is applied in its one write
    transaction, and its reply held until that transaction is durable at the end of the walk: committed,
-   or, when `_waiting` finds the next batch already queued, journaled (radcore.journal).
+   or, when `_waiting` finds the next batch already queued, journaled (radcore.journal). A journal
+   record is flushed on a thread of its own while the lane reads and decides the next batch; its
+   batch's replies wait in `Unsettled` (_unsettled.pxi) and leave once the flush is done, checked
+   every EARLY_SEND requests of that next walk and at its end. A request that reuses the duplicate-
+   cache key of a reply still waiting takes the Python path, which runs after they have left.
    Answers are counted and stored in the duplicate cache exactly as the Python path would store them.
    Everything else (a wrong PIN, an activation, Accounting-On/Off, anything odd or malformed) becomes
    the `(datagram, address, socket, kind)` tuple the Python path takes, in arrival order, after the
@@ -99,11 +103,18 @@ cdef class WriteAnswer:
     cdef int commit(self, bint more) except -1:
         return 0
 
+    cdef int settle(self) except -1:
+        return 0
+
+    cdef bint flushed(self) except -1:
+        return True
+
     cdef int abort(self) except -1:
         return 0
 
 
 include "_outbox.pxi"
+include "_unsettled.pxi"
 
 
 cdef class Lane:
@@ -128,6 +139,7 @@ cdef class Lane:
     cdef object config              # the radcore.config.Config the client memo belongs to
     cdef dict clients               # source (IPv4: 32-bit address; IPv6: text) -> Client or None
     cdef int* held_at               # datagrams whose replies wait for the write lane's commit
+    cdef Unsettled unsettled        # the last batch's write replies, while its journal record is flushed
     cdef public object on_recv_error   # called with the error text when recvmmsg fails
     cdef public object on_lane_error   # called with the exception when the fast answer raises
 
@@ -155,6 +167,7 @@ cdef class Lane:
                 or self.rx_sock == NULL or self.fate == NULL or self.held_at == NULL):
             raise MemoryError()
         self.out = Outbox([sock.fileno() for sock, _ in socks], 2 * batch_max)
+        self.unsettled = Unsettled([sock.fileno() for sock, _ in socks], batch_max)
         self.ip_text = {}
         self.config = None
         self.clients = {}
@@ -263,7 +276,9 @@ cdef class Lane:
         Accounting-Requests.
 
         `fast` answers Access-Requests from a read transaction; `write` answers Accounting-Requests
-        in one write transaction whose replies are held until its durable commit. Either may be
+        in one write transaction whose replies are held until it is durable: a commit, or a journal
+        record whose flush this call may leave running (`settle` and the next `serve` send those
+        replies once it is done, and count them in their `answered`). Either may be
         None (everything goes to the Python path, still batched on the wire). `config` is the
         worker's radcore.config.Config (its clients), `cache` its duplicate cache (the C one, which
         the Python path uses too), whose entries the lane writes as `store` would, with one expiry
@@ -283,8 +298,8 @@ cdef class Lane:
         cdef uint8_t key[KEY_SIZE]
         cdef bytes key_bytes
         cdef object client, wire
-        cdef int answered = 0
-        cdef bint began = False, wbegan = False, committed = False
+        cdef int answered = 0, released
+        cdef bint began = False, wbegan = False, committed = False, flushing = False
         cdef bint enabled = fast is not None
         cdef bint writing = write is not None
         cdef bint caching = cache.seconds > 0
@@ -298,6 +313,15 @@ cdef class Lane:
             self.clients = {}
         try:
             for i in range(self.received):
+                if (i & (EARLY_SEND - 1)) == 0 and self.unsettled.ready():
+                    # The previous batch's record is on disk: its replies need not wait for the
+                    # end of this walk, and the switches' next requests may arrive during it.
+                    released = self._settle(cache)
+                    if released >= 0:
+                        answered += released
+                    elif writing:
+                        writing = False  # its transaction, with this batch's writes so far, is gone
+                        self._drop_held(held, fate)
                 pkt = self.rx + <size_t>i * SLOT
                 n = self.rx_msg[i].msg_len
                 if n < 20:
@@ -315,7 +339,7 @@ cdef class Lane:
                 # Same key and authenticator: a retransmission, answered from the cache by the
                 # Python path. Same key, new authenticator: a new request that reuses the
                 # Identifier, and its reply replaces the entry.
-                if cache.holds(key, pkt + 4):
+                if cache.holds(key, pkt + 4) or self.unsettled.holds(key):
                     continue
                 if kind == AUTH and enabled:
                     wire = None
@@ -371,9 +395,16 @@ cdef class Lane:
                 held.append(wire)
                 held_keys.add(key_bytes)
                 fate[i] = 2
+            # The previous batch's replies, once its journal record is on disk: its flush ran
+            # while this batch was read and decided.
+            released = self._settle(cache)
+            if released >= 0:
+                answered += released
+            elif held:
+                self._drop_held(held, fate)  # lost with the previous batch's transaction
             if wbegan and held:
                 try:
-                    write.commit(self.received >= self.cap or self._waiting())
+                    flushing = write.commit(self.received >= self.cap or self._waiting())
                     committed = True
                 except Exception as exc:
                     self._drop_held(held, fate)
@@ -384,18 +415,24 @@ cdef class Lane:
                 fast.end()
             if wbegan and not committed:
                 write.abort()
-        for j in range(len(held)):  # durable now: release the replies
+        for j in range(len(held)):  # durable now, or once the journal record is flushed
             i = held_at[j]
             wire = held[j]
             k = self.rx_sock[i]
+            pkt = self.rx + <size_t>i * SLOT
+            sockaddr_key(<const sockaddr*>(self.rx_names + <size_t>i * NAME), pkt[1], self.kinds[k], key)
+            if flushing:
+                self.unsettled.add(write, k, wire, self.rx_names + <size_t>i * NAME,
+                                   self.rx_msg[i].msg_hdr.msg_namelen, key, pkt + 4, self.kinds[k] == ACCT,
+                                   expires)
+                continue
             self.out.add(k, wire, self.rx_names + <size_t>i * NAME, self.rx_msg[i].msg_hdr.msg_namelen)
             if self.kinds[k] == ACCT:
                 self.accounted += 1
             if caching:
-                pkt = self.rx + <size_t>i * SLOT
-                sockaddr_key(<const sockaddr*>(self.rx_names + <size_t>i * NAME), pkt[1], self.kinds[k], key)
                 cache.put(key, pkt + 4, wire, expires)
-        answered += len(held)
+        if not flushing:
+            answered += len(held)
         if caching:
             cache.trim(now)
         for i in range(self.received):
@@ -405,6 +442,22 @@ cdef class Lane:
                                                        self.rx_msg[i].msg_len),
                              self._address(i), self.socks[k], self.kinds[k]))
         return answered, rest
+
+    cdef int _settle(self, DuplicateCache cache) except -2:
+        """Release the unsettled replies (see Unsettled.settle), counting them in `accounted`."""
+        cdef int accounting = self.unsettled.accounting
+        cdef int released = self.unsettled.settle(cache, self.on_lane_error)
+        if released > 0:
+            self.accounted += accounting
+        return released
+
+    def settle(self, DuplicateCache cache):
+        """Release the replies of a batch whose journal record was still being flushed when `serve`
+        returned: before anything else in the worker writes, and before it goes idle. Returns
+        (replies released, how many of them answer Accounting-Requests); they are sent at once."""
+        self.accounted = 0
+        released = self._settle(cache)
+        return max(released, 0), self.accounted
 
     cdef int _drop_held(self, list held, uint8_t* fate) except -1:
         """The write transaction is lost: what it held goes to the Python path."""
@@ -504,5 +557,7 @@ cdef class Lane:
         `serve` already sent early; refused replies (a full send buffer, an unreachable route) are
         dropped, as a single sendto failure would be.
         """
-        return self.out.flush()
+        sent, failed = self.out.flush()
+        early, refused = self.unsettled.results()
+        return sent + early, failed + refused
 

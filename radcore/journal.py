@@ -135,20 +135,40 @@ class JournalWriter:
 
     def append(self, payload: bytes | bytearray) -> None:
         """Write one record and flush it; on failure the file is cut back to what was flushed."""
+        end = self.write(payload)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            self.cut()
+            raise StoreError(f"journal {self.name}: {exc.strerror or exc}") from exc
+        self.flushed(end)
+
+    def write(self, payload: bytes | bytearray) -> int:
+        """Write one record after the flushed ones without flushing it; returns the offset after it,
+        for `flushed` once an fdatasync has returned (the write lane runs that on a thread of its
+        own). Nothing may be written after an unflushed record: each record waits for the one
+        before it to be flushed or cut."""
         header = _header(payload)
         size = len(header) + len(payload)
         try:
             written = os.pwritev(self.fd, [header, payload], self.offset)
             if written != size:
                 raise OSError(errno.ENOSPC, "short write")
-            os.fdatasync(self.fd)
         except OSError as exc:
-            try:
-                os.ftruncate(self.fd, self.offset)
-            except OSError:
-                pass
+            self.cut()
             raise StoreError(f"journal {self.name}: {exc.strerror or exc}") from exc
-        self.offset += size
+        return self.offset + size
+
+    def flushed(self, end: int) -> None:
+        """The record `write` returned `end` for is on disk: recovery may rely on it."""
+        self.offset = end
+
+    def cut(self) -> None:
+        """Drop what was written after the last flushed record (its flush failed, or never ran)."""
+        try:
+            os.ftruncate(self.fd, self.offset)
+        except OSError:
+            pass
 
     def mark(self, txn: lmdb.Transaction, meta_db) -> None:
         """Record in `txn` (the checkpoint) that everything flushed so far is in the store."""

@@ -201,10 +201,14 @@ class Worker:
             wake_w.close()
 
     def _checkpoint(self) -> None:
-        """Commit what the write lane holds open across batches (radcore.journal). Should the commit
-        fail, the journal still has it: the next write transaction replays it."""
+        """Send the write lane's replies still waiting for their journal record's flush, then commit
+        what it holds open across batches (radcore.journal). Should the commit fail, the journal
+        still has it: the next write transaction replays it."""
         if self.fast_write is None:
             return
+        released, accounted = self.lane.settle(self.cache)
+        if released:
+            self._count_fast(released, accounted)
         try:
             self.fast_write.flush()
         except Exception:
@@ -245,14 +249,7 @@ class Worker:
         try:
             answered, rest = lane.serve(self.fast, self.config, self.cache, self.fast_write)
             if answered:
-                accounted = lane.accounted
-                if answered > accounted:
-                    self.recorder.received(d.Code.ACCESS_REQUEST, answered - accounted)
-                    self.recorder.replied(d.Code.ACCESS_ACCEPT, answered - accounted)
-                if accounted:
-                    self.recorder.received(d.Code.ACCOUNTING_REQUEST, accounted)
-                    self.recorder.replied(d.Code.ACCOUNTING_RESPONSE, accounted)
-                self.recorder.add("fast_answers", answered)
+                self._count_fast(answered, lane.accounted)
             if rest:
                 self._checkpoint()  # the Python path reads and writes committed state
                 answered += self.handle_batch(rest)
@@ -272,6 +269,16 @@ class Worker:
         self.recorder.add("batches")
         self.recorder.observe(time.perf_counter() - started, answered)
         self.recorder.publish()
+
+    def _count_fast(self, answered: int, accounted: int) -> None:
+        """Count replies the C lanes sent, `accounted` of them Accounting-Responses."""
+        if answered > accounted:
+            self.recorder.received(d.Code.ACCESS_REQUEST, answered - accounted)
+            self.recorder.replied(d.Code.ACCESS_ACCEPT, answered - accounted)
+        if accounted:
+            self.recorder.received(d.Code.ACCOUNTING_REQUEST, accounted)
+            self.recorder.replied(d.Code.ACCOUNTING_RESPONSE, accounted)
+        self.recorder.add("fast_answers", answered)
 
     def _on_recv_error(self, error: str) -> None:
         self.ratelog(logging.WARNING, "recv", "recvmmsg failed: %s", error)
