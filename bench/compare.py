@@ -97,8 +97,10 @@ def run_cell(server, cards, mode: str, window: int, args) -> dict:
     after = server.counters()
     summary["steal_pct"] = steal_percent(cpu_before, cpu_times())
     if before and after and after["batches"] > before["batches"]:
-        summary["server_batch_avg"] = round((after["replies"] - before["replies"])
-                                            / (after["batches"] - before["batches"]), 1)
+        batches = after["batches"] - before["batches"]
+        summary["server_batch_avg"] = round((after["replies"] - before["replies"]) / batches, 1)
+        summary["server_journaled_pct"] = round(100 * (after["journal_appends"] - before["journal_appends"])
+                                                / batches, 1)
     if after.get("peak_rss_mib"):
         summary["server_peak_rss_mib"] = after["peak_rss_mib"]
     summary["server"] = server.label
@@ -114,7 +116,8 @@ def compact(run: dict) -> dict:
             "in_flight": run["in_flight"], "requests_per_s": run["requests_per_s"], "p50": lat["p50"],
             "p99": lat["p99"], "p99.9": lat["p99.9"], "rejects": c["rejects"], "timeouts": c["timeouts"],
             "bad": c["bad"], "batch_avg": run.get("server_batch_avg"),
-            "peak_rss_mib": run.get("server_peak_rss_mib"), "loadgen_cores": run["loadgen_cores"],
+            "peak_rss_mib": run.get("server_peak_rss_mib"), "journaled_pct": run.get("server_journaled_pct"),
+            "loadgen_cores": run["loadgen_cores"],
             "steal_pct": run.get("steal_pct")}
 
 

@@ -146,15 +146,19 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
                 rows.append([mode, server, str(run["in_flight"]), f"{run['requests_per_s']:,.0f}",
                              us(lat["p50"]), us(lat["p99"]), us(lat["p99.9"]), str(c["rejects"]),
                              str(c["timeouts"]), str(c["bad"]), str(run.get("server_batch_avg", "-")),
+                             _pct(run.get("server_journaled_pct")),
                              str(run.get("server_peak_rss_mib", "-")), str(run["loadgen_cores"]),
                              _pct(run.get("steal_pct"))])
     out += [loadgen.markdown_table(("mode", "server", "in flight", "req/s", "p50 µs", "p99 µs", "p99.9 µs",
-                                    "rejects", "timeouts", "bad", "batch avg", "worker peak RSS MiB",
+                                    "rejects", "timeouts", "bad", "batch avg", "journaled",
+                                    "worker peak RSS MiB",
                                     "loadgen cores", "steal"), rows), ""]
     out += [("Columns: req/s counts answered requests (Accept, Reject, Accounting-Response) that passed "
              "Response Authenticator and Message-Authenticator checks; `bad` are replies that failed them or "
              "were malformed; `timeouts` got no answer within the timeout (nothing is retransmitted); "
-             "`batch avg` is radcore's replies per batch from its /metrics; `worker peak RSS` is its largest "
+             "`batch avg` is radcore's replies per batch from its /metrics; `journaled` the share of its "
+             "batches made durable by a write-ahead journal append rather than an LMDB commit (under a "
+             "backlog most should be); `worker peak RSS` is its largest "
              "worker's VmHWM since the server (re)started for this mode, LMDB's mapped pages included; "
              "`loadgen cores` is the CPU the "
              "load generator used, to show it was not the bottleneck; `steal` is the share of the machine's "

@@ -122,8 +122,9 @@ class RadcoreServer:
                 "durable": self.data_root is None}
 
     def counters(self) -> dict[str, float]:
-        """Replies and batches so far, from /metrics (for the average batch size of a run), and the
-        largest worker's peak RSS since it started (`peak_rss_mib`, VmHWM: LMDB's map pages it read
+        """Replies, batches and journal appends so far, from /metrics (for the average batch size
+        of a run and the share of its batches made durable by the journal), and the largest worker's
+        peak RSS since it started (`peak_rss_mib`, VmHWM: LMDB's map pages it read
         count too, and under a journaled backlog the pages its held transaction dirtied)."""
         port = self.ready.get("metrics_port")
         if not port:
@@ -133,12 +134,12 @@ class RadcoreServer:
                 text = resp.read().decode()
         except OSError:
             return {}
-        out = {"replies": 0.0, "batches": 0.0}
+        out = {"replies": 0.0, "batches": 0.0, "journal_appends": 0.0}
         for line in text.splitlines():
             if line.startswith("radcore_replies_total{"):
                 out["replies"] += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("radcore_batches_total "):
-                out["batches"] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith(("radcore_batches_total ", "radcore_journal_appends_total ")):
+                out[line[len("radcore_"):line.index("_total")]] = float(line.rsplit(" ", 1)[1])
         peaks = [_peak_rss_kib(pid) for pid in self.worker_pids()]
         if any(peaks):
             out["peak_rss_mib"] = round(max(peaks) / 1024)

@@ -112,6 +112,11 @@ def test_radcore_end_to_end(benchmark, server, cards, sizes, mode):
         info["batch_avg"] = round((after["replies"] - before["replies"]) / (after["batches"] - before["batches"]), 1)
     assert after["peak_rss_mib"] > 0  # the worker's VmHWM, which bench.compare reports per cell
     info["worker_peak_rss_mib"] = after["peak_rss_mib"]
+    # Journal appends, which bench.compare reports as the share of batches journaled: read from
+    # /metrics, and only ever made by the write lane (card authentication writes nothing).
+    appends = after["journal_appends"] - before["journal_appends"]
+    assert appends >= 0 and (appends == 0 or mode != "card-auth")
+    info["journal_appends"] = appends
 
 
 @contextlib.contextmanager
