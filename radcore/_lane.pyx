@@ -546,9 +546,14 @@ cdef class Lane:
         self.out.add(k, wire, name, namelen)
 
     @property
+    def held_replies(self):
+        """Replies waiting for their journal record's flush (see `settle`)."""
+        return self.unsettled.out.length
+
+    @property
     def gso(self):
         """Whether replies of one size for one destination still leave as one UDP GSO message."""
-        return self.out.gso
+        return self.out.gso and self.unsettled.out.gso
 
     def flush(self):
         """Send every queued reply, one sendmmsg per run of replies on the same socket.

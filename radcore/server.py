@@ -186,7 +186,7 @@ class Worker:
                     if self.fast_write is not None:
                         self.fast_write.flush_due()
                         self._count_journal()
-                    ready = self.lane.spin(self.busy_poll) if self.busy_poll > 0 else []
+                    ready = self._next_ready()
                 if self._reload:
                     self._reload_clients()
                 if time.monotonic() >= next_tick:
@@ -200,15 +200,34 @@ class Worker:
             wake_r.close()
             wake_w.close()
 
+    def _next_ready(self) -> list[int]:
+        """After a batch: the sockets that already hold the next one, polling `busy_poll` for them.
+
+        Replies held for their journal record's flush (Lane.settle) go first if nothing is waiting
+        yet: when a batch held every request in flight, their senders send nothing more until they
+        have them, and an empty poll must not pass for idleness (which commits)."""
+        if self.busy_poll <= 0:
+            return []
+        if self.lane.held_replies:
+            ready = self.lane.spin(0)
+            if ready:
+                return ready
+            self._release()
+        return self.lane.spin(self.busy_poll)
+
+    def _release(self) -> None:
+        """Send the write lane's replies held for their journal record's flush, once it is done."""
+        released, accounted = self.lane.settle(self.cache)
+        if released:
+            self._count_fast(released, accounted)
+
     def _checkpoint(self) -> None:
         """Send the write lane's replies still waiting for their journal record's flush, then commit
         what it holds open across batches (radcore.journal). Should the commit fail, the journal
         still has it: the next write transaction replays it."""
         if self.fast_write is None:
             return
-        released, accounted = self.lane.settle(self.cache)
-        if released:
-            self._count_fast(released, accounted)
+        self._release()
         try:
             self.fast_write.flush()
         except Exception:
