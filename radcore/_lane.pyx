@@ -113,6 +113,7 @@ cdef class WriteAnswer:
         return 0
 
 
+include "_addresses.pxi"
 include "_outbox.pxi"
 include "_unsettled.pxi"
 
@@ -488,62 +489,19 @@ cdef class Lane:
 
     cdef str _ip_text(self, int i):
         """Datagram i's source address as text, as the socket module reports it (IPv4 memoised)."""
-        cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
-        cdef const sockaddr_in* v4
-        cdef char text[ADDR_TEXT]
-        cdef uint32_t host
-        if sa.sa_family == AF_INET:
-            v4 = <const sockaddr_in*>sa
-            host = ntohl(v4.sin_addr.s_addr)
-            ip = self.ip_text.get(host)
-            if ip is None:
-                inet_ntop(AF_INET, &v4.sin_addr, text, ADDR_TEXT)
-                ip = text.decode("ascii")
-                if len(self.ip_text) > 65536:
-                    self.ip_text.clear()
-                self.ip_text[host] = ip
-            return ip
-        if sa.sa_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<const sockaddr_in6*>sa).sin6_addr, text, ADDR_TEXT)
-            return text.decode("ascii")
-        raise PacketError(f"datagram from address family {sa.sa_family}", "unknown_client")
+        return _source_text(<const sockaddr*>(self.rx_names + <size_t>i * NAME), self.ip_text)
 
     cdef object _address(self, int i):
         """The source as Python's socket module reports it: (ip, port) or (ip, port, flow, scope)."""
-        cdef const sockaddr* sa = <const sockaddr*>(self.rx_names + <size_t>i * NAME)
-        cdef const sockaddr_in6* v6
-        if sa.sa_family == AF_INET:
-            return (self._ip_text(i), ntohs((<const sockaddr_in*>sa).sin_port))
-        if sa.sa_family == AF_INET6:
-            v6 = <const sockaddr_in6*>sa
-            return (self._ip_text(i), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
-        raise PacketError(f"datagram from address family {sa.sa_family}", "unknown_client")
+        return _source_address(<const sockaddr*>(self.rx_names + <size_t>i * NAME), self.ip_text)
 
     # -- send (radcore/_outbox.pxi) ----------------------------------------------------------------
 
     def queue(self, sock, bytes wire, addr):
         """Send `wire` to `addr` (a socket-module address tuple) from `sock` at the next `flush`."""
         cdef uint8_t name[NAME]
-        cdef sockaddr_in* v4 = <sockaddr_in*>name
-        cdef sockaddr_in6* v6 = <sockaddr_in6*>name
-        cdef bytes host = addr[0].encode("ascii")
-        cdef socklen_t namelen
         cdef int k = self.socks.index(sock)
-        memset(name, 0, NAME)
-        if inet_pton(AF_INET, host, &v4.sin_addr) == 1:
-            v4.sin_family = AF_INET
-            v4.sin_port = htons(addr[1])
-            namelen = sizeof(sockaddr_in)
-        elif inet_pton(AF_INET6, host, &v6.sin6_addr) == 1:
-            v6.sin6_family = AF_INET6
-            v6.sin6_port = htons(addr[1])
-            if len(addr) >= 4:
-                v6.sin6_flowinfo = htonl(addr[2])
-                v6.sin6_scope_id = addr[3]
-            namelen = sizeof(sockaddr_in6)
-        else:
-            raise ValueError(f"not an IP address: {addr[0]!r}")
-        self.out.add(k, wire, name, namelen)
+        self.out.add(k, wire, name, _sockaddr_of(addr, name))
 
     @property
     def held_replies(self):
