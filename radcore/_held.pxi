@@ -2,7 +2,6 @@
 # across batches behind the write-ahead journal. Included by _acctlane.pyx.
 
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.string cimport strerror
 from radcore._lane cimport _monotonic_ns
 
 from radcore import journal
@@ -131,8 +130,7 @@ cdef class HeldTransaction:
         if not error:
             self.journal.flushed(self.sync_end)
             return 0
-        self.journal.cut()
-        self.failed = StoreError(f"journal {self.journal.name}: {strerror(error).decode()}")
+        self.failed = self.journal.failed(error)
         if self.txn is not None:
             txn, self.txn = self.txn, None
             self._txn_put = self._txn_delete = None

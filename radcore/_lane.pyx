@@ -317,12 +317,11 @@ cdef class Lane:
                 if (i & (EARLY_SEND - 1)) == 0 and self.unsettled.ready():
                     # The previous batch's record is on disk: its replies need not wait for the
                     # end of this walk, and the switches' next requests may arrive during it.
-                    released = self._settle(cache)
+                    released = self._settle(cache, held, fate)
                     if released >= 0:
                         answered += released
-                    elif writing:
-                        writing = False  # its transaction, with this batch's writes so far, is gone
-                        self._drop_held(held, fate)
+                    else:
+                        writing = False
                 pkt = self.rx + <size_t>i * SLOT
                 n = self.rx_msg[i].msg_len
                 if n < 20:
@@ -398,11 +397,9 @@ cdef class Lane:
                 fate[i] = 2
             # The previous batch's replies, once its journal record is on disk: its flush ran
             # while this batch was read and decided.
-            released = self._settle(cache)
+            released = self._settle(cache, held, fate)
             if released >= 0:
                 answered += released
-            elif held:
-                self._drop_held(held, fate)  # lost with the previous batch's transaction
             if wbegan and held:
                 try:
                     flushing = write.commit(self.received >= self.cap or self._waiting())
@@ -444,12 +441,16 @@ cdef class Lane:
                              self._address(i), self.socks[k], self.kinds[k]))
         return answered, rest
 
-    cdef int _settle(self, DuplicateCache cache) except -2:
-        """Release the unsettled replies (see Unsettled.settle), counting them in `accounted`."""
+    cdef int _settle(self, DuplicateCache cache, list held, uint8_t* fate) except -2:
+        """Release the unsettled replies (see Unsettled.settle), counting them in `accounted`. If
+        their batch was lost, so is its transaction with this batch's writes so far: those (`held`)
+        go to the Python path, and -1 is returned."""
         cdef int accounting = self.unsettled.accounting
         cdef int released = self.unsettled.settle(cache, self.on_lane_error)
         if released > 0:
             self.accounted += accounting
+        elif released < 0:
+            self._drop_held(held, fate)
         return released
 
     def settle(self, DuplicateCache cache):
@@ -457,7 +458,7 @@ cdef class Lane:
         returned: before anything else in the worker writes, and before it goes idle. Returns
         (replies released, how many of them answer Accounting-Requests); they are sent at once."""
         self.accounted = 0
-        released = self._settle(cache)
+        released = self._settle(cache, [], self.fate)
         return max(released, 0), self.accounted
 
     cdef int _drop_held(self, list held, uint8_t* fate) except -1:
@@ -506,7 +507,7 @@ cdef class Lane:
     @property
     def held_replies(self):
         """Replies waiting for their journal record's flush (see `settle`)."""
-        return self.unsettled.out.length
+        return self.unsettled.length
 
     @property
     def gso(self):

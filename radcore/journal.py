@@ -139,8 +139,7 @@ class JournalWriter:
         try:
             os.fdatasync(self.fd)
         except OSError as exc:
-            self.cut()
-            raise StoreError(f"journal {self.name}: {exc.strerror or exc}") from exc
+            raise self.failed(exc.errno) from exc
         self.flushed(end)
 
     def write(self, payload: bytes | bytearray) -> int:
@@ -155,20 +154,21 @@ class JournalWriter:
             if written != size:
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
-            self.cut()
-            raise StoreError(f"journal {self.name}: {exc.strerror or exc}") from exc
+            raise self.failed(exc.errno) from exc
         return self.offset + size
 
     def flushed(self, end: int) -> None:
         """The record `write` returned `end` for is on disk: recovery may rely on it."""
         self.offset = end
 
-    def cut(self) -> None:
-        """Drop what was written after the last flushed record (its flush failed, or never ran)."""
+    def failed(self, error: int) -> StoreError:
+        """A write or flush failed with `error` (an errno): drop what was written after the last
+        flushed record, and the error to raise."""
         try:
             os.ftruncate(self.fd, self.offset)
         except OSError:
             pass
+        return StoreError(f"journal {self.name}: {os.strerror(error)}")
 
     def mark(self, txn: lmdb.Transaction, meta_db) -> None:
         """Record in `txn` (the checkpoint) that everything flushed so far is in the store."""
