@@ -2,7 +2,7 @@
 # cython: embedsignature=True
 """The RADIUS codec in Cython: the same names, results and exceptions as `radcore.packet`.
 
-`radcore.packet` is the reference; this module is judged against it (tests/test_fastpath_equivalence.py).
+`radcore.packet` is the reference; this module is judged against it (tests/test_fastpath_*_equivalence.py).
 `radcore.fastpath` picks one of the two. What is different here is only how the work is done:
 
 - Every read of a packet goes through one checked step, `_take(cur, n)` on a two-field `Cursor`

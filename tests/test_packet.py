@@ -3,8 +3,8 @@
 Known answers come from tests/vectors/*.txt (RFC 2865 §7 byte for byte, pyrad-made Cisco/Quintum
 packets, one malformed packet per drop reason); the rest checks the protocol rules one at a time and
 round-trips random attribute lists with hypothesis. tests/test_packet_auth.py holds the MD5, HMAC,
-password-hiding and authenticator checks; tests/test_fastpath_equivalence.py compares the two
-implementations with each other and with pyrad.
+password-hiding and authenticator checks; tests/test_fastpath_{decode,encode,auth}_equivalence.py compare
+the two implementations with each other, and tests/test_fastpath_pyrad_equivalence.py both with pyrad.
 """
 
 from __future__ import annotations
