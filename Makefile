@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.radcore-installed
 CONFIG ?= examples/radcore.toml
-SOURCES := pyproject.toml setup.py $(wildcard radcore/*.pyx radcore/*.pxd radcore/*.pxi bench/*.pyx bench/*.h protos/radcore/v1/*.proto)
+SOURCES := pyproject.toml setup.py $(wildcard radcore/*.pyx radcore/*.pxd radcore/*.pxi bench/*.pyx bench/*.pxi bench/*.h protos/radcore/v1/*.proto)
 
 .PHONY: run test bench compare sysdeps install clean
 

@@ -29,6 +29,10 @@ How the work is kept small:
 
 Nothing here retransmits: a request without a reply after `timeout` is a timeout and its flow is
 abandoned (a real gateway would retry; a benchmark must count).
+
+The module's parts: `_lg_flows.pxi` the programs, flows and per-socket rings; `_lg_wire.pxi` the
+RADIUS encoding of requests and the checks of replies; `_lg_stats.pxi` the clocks and the latency
+histograms. The `Engine` below drives them.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -46,22 +50,6 @@ from radcore._mmsg cimport (AF_INET, MSG_DONTWAIT, htons, inet_pton, iovec, mmsg
 import os
 
 
-cdef extern from "<sys/socket.h>":
-    # Kernel receive timestamps (socket(7) SO_TIMESTAMPNS): a reply's arrival time, whatever this
-    # process was doing when it arrived.
-    cdef struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    cmsghdr* CMSG_FIRSTHDR(void* msgh) nogil
-    cmsghdr* CMSG_NXTHDR(void* msgh, cmsghdr* cmsg) nogil
-    unsigned char* CMSG_DATA(cmsghdr* cmsg) nogil
-    int SOL_SOCKET
-    int SO_TIMESTAMPNS
-    int SCM_TIMESTAMPNS
-    int setsockopt(int fd, int level, int name, const void* value, unsigned int length)
-
-
 cdef extern from "<poll.h>":
     cdef struct pollfd:
         int fd
@@ -72,180 +60,17 @@ cdef extern from "<poll.h>":
     int ppoll(pollfd* fds, nfds_t nfds, const timespec* tmo, const void* sigmask) nogil
 
 
-cdef extern from "_lg_primitives.h":
-    ctypedef struct lg_md5:
-        pass
-    ctypedef struct lg_hmac:
-        pass
-    void lg_md5_init(lg_md5* m) nogil
-    void lg_md5_update(lg_md5* m, const uint8_t* p, size_t n) nogil
-    void lg_md5_final(lg_md5* m, uint8_t* out) nogil
-    void lg_hmac_key(lg_hmac* h, const uint8_t* key, size_t n) nogil
-    void lg_hmac_run(const lg_hmac* h, const uint8_t* p, size_t n, uint8_t* out) nogil
-    int lg_hist_index(uint64_t v) nogil
-    int LG_HIST_BUCKETS
-
-
-# Operations a flow is made of, and the programs (flows) each mode runs.
-cdef enum:
-    OP_CARD_AUTH = 0        # Access-Request: card number + PIN (stage 1)
-    OP_NUMBER_AUTH = 1      # Access-Request: card number + PIN + dialled number + h323-conf-id (stage 2)
-    OP_START = 2            # Accounting-Request Start
-    OP_STOP = 3             # Accounting-Request Stop with Acct-Session-Time
-    N_OPS = 4
-    MAX_STEPS = 4
-    N_PROGRAMS = 4          # card-auth, number-auth, acct, call (mixed picks among them)
-
 cdef enum:
     BATCH = 64              # datagrams per sendmmsg / recvmmsg call
     TX_SLOT = 1024          # octets reserved per request in the transmit buffers (requests are ~200)
     RX_SLOT = 4096          # octets per receive buffer: a whole RADIUS packet
-    N_IDS = 256
     SCAN_NS = 5000000       # timeout scan and signal check every 5 ms
     RX_CONTROL = 64         # ancillary data per received datagram: one SCM_TIMESTAMPNS (32 octets)
 
-OPS = ("card-auth", "number-auth", "acct-start", "acct-stop")
-MODES = ("card-auth", "number-auth", "acct", "call", "mixed")
-HIST_BUCKETS = LG_HIST_BUCKETS
 
-cdef uint8_t _PROGRAMS[N_PROGRAMS][MAX_STEPS]
-cdef int _PROGRAM_LEN[N_PROGRAMS]
-_PROGRAMS[0][0] = OP_CARD_AUTH
-_PROGRAM_LEN[0] = 1
-_PROGRAMS[1][0] = OP_NUMBER_AUTH
-_PROGRAM_LEN[1] = 1
-_PROGRAMS[2][0] = OP_START
-_PROGRAMS[2][1] = OP_STOP
-_PROGRAM_LEN[2] = 2
-_PROGRAMS[3][0] = OP_CARD_AUTH
-_PROGRAMS[3][1] = OP_NUMBER_AUTH
-_PROGRAMS[3][2] = OP_START
-_PROGRAMS[3][3] = OP_STOP
-_PROGRAM_LEN[3] = 4
-# "mixed": of every 4 flows, 3 are whole calls and 1 is a balance check (card authentication only).
-cdef int _MIXED[4]
-_MIXED[:] = [3, 3, 0, 3]
-
-
-cdef struct Flow:
-    int64_t sent_ns         # when the outstanding request was sent
-    int64_t sent_rt         # the same on the realtime clock, just before its sendmmsg (latency origin)
-    int64_t start_ns        # when the flow's first request was sent
-    uint64_t call           # call number, unique in this process; feeds the session identifiers
-    int32_t card            # index into the card table
-    int16_t ident           # Identifier of the outstanding request, -1 when none is
-    uint8_t program         # index into _PROGRAMS
-    uint8_t step            # position in the program of the outstanding (or next) request
-    uint8_t auth[16]        # Request Authenticator of the outstanding request
-
-
-cdef struct Sock:
-    int fd
-    int nflows
-    Flow* flows
-    int16_t id_flow[N_IDS]  # Identifier -> flow index, -1 when free
-    uint8_t free_ids[N_IDS] # FIFO ring of free Identifiers
-    int free_head
-    int free_count
-    int* ready              # ring of flow indices waiting to send their next request
-    int ready_head
-    int ready_count
-    int inflight
-
-
-cdef inline int64_t _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline int64_t _realtime() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline int64_t _arrival(mmsghdr* msg) noexcept nogil:
-    """The kernel's receive timestamp of a datagram (realtime ns), or 0 if it brought none."""
-    cdef cmsghdr* c = CMSG_FIRSTHDR(&msg.msg_hdr)
-    cdef timespec ts
-    while c != NULL:
-        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
-            memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
-            return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-        c = CMSG_NXTHDR(&msg.msg_hdr, c)
-    return 0
-
-
-cdef inline uint32_t _mix32(uint32_t h) noexcept nogil:
-    """MurmurHash3's finalizer: every input bit flips about half the output bits."""
-    h ^= h >> 16
-    h *= <uint32_t>0x85EBCA6B
-    h ^= h >> 13
-    h *= <uint32_t>0xC2B2AE35
-    h ^= h >> 16
-    return h
-
-
-cdef inline void _put16(uint8_t* p, uint32_t v) noexcept nogil:
-    p[0] = (v >> 8) & 0xFF
-    p[1] = v & 0xFF
-
-
-cdef inline void _put32(uint8_t* p, uint32_t v) noexcept nogil:
-    p[0] = (v >> 24) & 0xFF
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
-
-
-cdef inline uint8_t* _attr(uint8_t* p, uint8_t atype, const uint8_t* value, Py_ssize_t n) noexcept nogil:
-    p[0] = atype
-    p[1] = <uint8_t>(n + 2)
-    memcpy(p + 2, value, n)
-    return p + 2 + n
-
-
-cdef inline uint8_t* _attr32(uint8_t* p, uint8_t atype, uint32_t value) noexcept nogil:
-    p[0] = atype
-    p[1] = 6
-    _put32(p + 2, value)
-    return p + 6
-
-
-def md5(data) -> bytes:
-    """MD5 of `data` with this module's implementation (checked against hashlib by the tests)."""
-    cdef bytes b = bytes(data)
-    cdef lg_md5 m
-    cdef uint8_t out[16]
-    lg_md5_init(&m)
-    lg_md5_update(&m, <const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
-    lg_md5_final(&m, out)
-    return PyBytes_FromStringAndSize(<char*>out, 16)
-
-
-def hmac_md5(key, data) -> bytes:
-    """HMAC-MD5(key, data) with this module's implementation."""
-    cdef bytes k = bytes(key)
-    cdef bytes b = bytes(data)
-    cdef lg_hmac h
-    cdef uint8_t out[16]
-    lg_hmac_key(&h, <const uint8_t*>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
-    lg_hmac_run(&h, <const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), out)
-    return PyBytes_FromStringAndSize(<char*>out, 16)
-
-
-def hist_value(int index) -> float:
-    """The latency in nanoseconds a histogram bucket stands for (its midpoint)."""
-    if index < 128:
-        return float(index)
-    cdef int e = (index - 128) // 64 + 1
-    cdef uint64_t m = (index - 128) % 64 + 64
-    return ((m << e) + ((m + 1) << e) - 1) / 2.0
-
-
-def hist_index(uint64_t value) -> int:
-    return lg_hist_index(value)
+include "_lg_flows.pxi"
+include "_lg_wire.pxi"
+include "_lg_stats.pxi"
 
 
 cdef class Engine:
@@ -381,25 +206,10 @@ cdef class Engine:
         cdef int one = 1
         for s in range(self.nsocks):
             sk = &self.socks[s]
-            sk.fd = fds[s]
+            _sock_init(sk, fds[s], self.window)
             setsockopt(sk.fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(int))  # without it: user-space stamps
             self.pfds[s].fd = fds[s]
             self.pfds[s].events = POLLIN
-            sk.nflows = self.window
-            sk.flows = <Flow*>calloc(self.window, sizeof(Flow))
-            sk.ready = <int*>calloc(self.window, sizeof(int))
-            if not sk.flows or not sk.ready:
-                raise MemoryError()
-            for j in range(N_IDS):
-                sk.id_flow[j] = -1
-                sk.free_ids[j] = <uint8_t>j
-            sk.free_head = 0
-            sk.free_count = N_IDS
-            for j in range(self.window):
-                sk.flows[j].ident = -1
-                sk.ready[j] = j
-            sk.ready_head = 0
-            sk.ready_count = self.window
         for j in range(BATCH):
             self.txv[j].iov_base = self.tx + j * TX_SLOT
             memset(&self.txm[j], 0, sizeof(mmsghdr))
@@ -416,8 +226,7 @@ cdef class Engine:
         cdef int s
         if self.socks != NULL:
             for s in range(self.nsocks):
-                free(self.socks[s].flows)
-                free(self.socks[s].ready)
+                _sock_free(&self.socks[s])
             free(self.socks)
         free(self.pfds)
         free(self.tx)
@@ -452,45 +261,19 @@ cdef class Engine:
         self.next_call += 1
         f.start_ns = 0
 
-    cdef inline void _push_ready(self, Sock* sk, int fi) noexcept nogil:
-        sk.ready[(sk.ready_head + sk.ready_count) % sk.nflows] = fi
-        sk.ready_count += 1
-
-    cdef inline int _pop_ready(self, Sock* sk) noexcept nogil:
-        cdef int fi = sk.ready[sk.ready_head]
-        sk.ready_head = (sk.ready_head + 1) % sk.nflows
-        sk.ready_count -= 1
-        return fi
-
-    cdef inline int _take_id(self, Sock* sk) noexcept nogil:
-        cdef int ident = sk.free_ids[sk.free_head]
-        sk.free_head = (sk.free_head + 1) & (N_IDS - 1)
-        sk.free_count -= 1
-        return ident
-
-    cdef inline void _give_id(self, Sock* sk, int ident) noexcept nogil:
-        sk.free_ids[(sk.free_head + sk.free_count) & (N_IDS - 1)] = <uint8_t>ident
-        sk.free_count += 1
-        sk.id_flow[ident] = -1
-
     # -- requests ---------------------------------------------------------------------------------
 
     cdef Py_ssize_t _build(self, Sock* sk, int si, Flow* f, uint8_t* out, int ident) noexcept:
         """Write the flow's next request into `out`; returns its length. Sets f.auth."""
         cdef int op = _PROGRAMS[f.program][f.step]
         cdef uint8_t* p
-        cdef uint8_t* pw
         cdef const uint8_t* key = <const uint8_t*>PyBytes_AS_STRING(self.secret)
         cdef Py_ssize_t klen = PyBytes_GET_SIZE(self.secret)
-        cdef Py_ssize_t length, npin, hidden, i, j
+        cdef Py_ssize_t length
         cdef uint64_t r1, r2
         cdef char conf[64]
         cdef char sess[32]
         cdef int conf_len, sess_len
-        cdef lg_md5 m
-        cdef uint8_t block[16]
-        cdef const uint8_t* prev
-        cdef const uint8_t* pin
         cdef uint32_t tag = (<uint32_t>self.proc << 16) | <uint32_t>si
         # A gateway's conf-ids look random from the first word on, so its calls' session keys
         # land all over the server's key space; a leading counter would file them in one run per
@@ -515,28 +298,12 @@ cdef class Engine:
             memset(p + 2, 0, 16)
             p += 18
             p = _attr(p, 1, self.names + 64 * f.card, self.name_len[f.card])
-            # User-Password, RFC 2865 §5.2: b1 = MD5(S + RA), c1 = p1 xor b1, b2 = MD5(S + c1), ...
-            npin = self.pin_len[f.card]
-            pin = self.pins + 128 * f.card
-            hidden = (npin + 15) & ~15
-            p[0] = 2
-            p[1] = <uint8_t>(hidden + 2)
-            pw = p + 2
-            prev = f.auth
-            for i in range(0, hidden, 16):
-                lg_md5_init(&m)
-                lg_md5_update(&m, key, klen)
-                lg_md5_update(&m, prev, 16)
-                lg_md5_final(&m, block)
-                for j in range(16):
-                    pw[i + j] = block[j] ^ (pin[i + j] if i + j < npin else 0)
-                prev = pw + i
-            p += 2 + hidden
+            p = _user_password(p, self.pins + 128 * f.card, self.pin_len[f.card], key, klen, f.auth)
             p = _attr(p, 4, self.nas_ip, 4)
             p = _attr(p, 31, <const uint8_t*>PyBytes_AS_STRING(self.calling), PyBytes_GET_SIZE(self.calling))
             if op == OP_NUMBER_AUTH:
                 p = _attr(p, 30, <const uint8_t*>PyBytes_AS_STRING(self.called), PyBytes_GET_SIZE(self.called))
-                p = self._conf_vsa(p, conf, conf_len)
+                p = _conf_vsa(p, conf, conf_len)
             length = p - out
             _put16(out + 2, <uint32_t>length)
             lg_hmac_run(&self.hmac, out, length, out + 22)
@@ -549,30 +316,16 @@ cdef class Engine:
             p = _attr(p, 44, <const uint8_t*>sess, sess_len)
             p = _attr(p, 30, <const uint8_t*>PyBytes_AS_STRING(self.called), PyBytes_GET_SIZE(self.called))
             p = _attr(p, 31, <const uint8_t*>PyBytes_AS_STRING(self.calling), PyBytes_GET_SIZE(self.calling))
-            p = self._conf_vsa(p, conf, conf_len)
+            p = _conf_vsa(p, conf, conf_len)
             p = _attr32(p, 41, 0)                                   # Acct-Delay-Time
             if op == OP_STOP:
                 p = _attr32(p, 46, <uint32_t>(30 + f.call % 271))  # Acct-Session-Time
                 p = _attr32(p, 49, 1)                               # Acct-Terminate-Cause User-Request
             length = p - out
             _put16(out + 2, <uint32_t>length)
-            # RFC 2866 §3: MD5(Code + Identifier + Length + 16 zero octets + attributes + secret)
-            lg_md5_init(&m)
-            lg_md5_update(&m, out, length)
-            lg_md5_update(&m, key, klen)
-            lg_md5_final(&m, out + 4)
+            _acct_authenticator(out, length, key, klen)
             memcpy(f.auth, out + 4, 16)
         return length
-
-    cdef inline uint8_t* _conf_vsa(self, uint8_t* p, const char* conf, int n) noexcept nogil:
-        # Vendor-Specific (26), Cisco (9), h323-conf-id (24), RFC 2865 §5.26 suggested format.
-        p[0] = 26
-        p[1] = <uint8_t>(n + 8)
-        _put32(p + 2, 9)
-        p[6] = 24
-        p[7] = <uint8_t>(n + 2)
-        memcpy(p + 8, conf, n)
-        return p + 8 + n
 
     cdef int _send(self, int si, double* tokens, int64_t now) except -1:
         """Send every request of socket `si` that is ready and allowed; returns how many were sent."""
@@ -585,9 +338,9 @@ cdef class Engine:
                 if tokens[0] < 1.0:
                     break
                 tokens[0] -= 1.0
-            fi = self._pop_ready(sk)
+            fi = _pop_ready(sk)
             f = &sk.flows[fi]
-            ident = self._take_id(sk)
+            ident = _take_id(sk)
             sk.id_flow[ident] = <int16_t>fi
             f.ident = <int16_t>ident
             length = self._build(sk, si, f, self.tx + n * TX_SLOT, ident)
@@ -619,9 +372,9 @@ cdef class Engine:
             else:
                 # Not sent (socket buffer full): give the Identifier back and retry the same step later.
                 self.send_blocked += 1
-                self._give_id(sk, f.ident)
+                _give_id(sk, f.ident)
                 f.ident = -1
-                self._push_ready(sk, self.tx_flow[k])
+                _push_ready(sk, self.tx_flow[k])
                 if self.rate_per_ns > 0.0:
                     tokens[0] += 1.0
         return r
@@ -651,11 +404,9 @@ cdef class Engine:
                 return total
 
     cdef void _reply(self, Sock* sk, uint8_t* pkt, Py_ssize_t n, int64_t now, int64_t arrived) noexcept:
-        cdef int ident, fi, op, code, ok
+        cdef int ident, fi, op, code, ok, check
         cdef Flow* f
-        cdef Py_ssize_t length, pos, ma = -1, alen
-        cdef lg_md5 m
-        cdef uint8_t digest[16]
+        cdef Py_ssize_t length
         cdef bint credit = False
         cdef const uint8_t* key = <const uint8_t*>PyBytes_AS_STRING(self.secret)
         if n < 20:
@@ -672,40 +423,14 @@ cdef class Engine:
         if length < 20 or length > n:
             self.bad[op] += 1
             return
-        # Response Authenticator: MD5(Code + Identifier + Length + Request Authenticator + attributes + secret)
-        lg_md5_init(&m)
-        lg_md5_update(&m, pkt, 4)
-        lg_md5_update(&m, f.auth, 16)
-        lg_md5_update(&m, pkt + 20, length - 20)
-        lg_md5_update(&m, key, PyBytes_GET_SIZE(self.secret))
-        lg_md5_final(&m, digest)
-        if memcmp(digest, pkt + 4, 16) != 0:
+        check = _check_reply(pkt, length, f.auth, key, PyBytes_GET_SIZE(self.secret), &self.hmac,
+                             self.scratch, &credit)
+        if check == REPLY_STRAY:
             self.bad[op] += 1       # not an answer to this request: keep waiting for the real one
             return
-        pos = 20
-        while pos < length:
-            if pos + 2 > length:
-                break
-            alen = pkt[pos + 1]
-            if alen < 2 or pos + alen > length:
-                break
-            if pkt[pos] == 80 and alen == 18 and ma < 0:
-                ma = pos + 2
-            elif (pkt[pos] == 26 and alen >= 8 and pkt[pos + 2] == 0 and pkt[pos + 3] == 0
-                  and pkt[pos + 4] == 0 and pkt[pos + 5] == 9 and pkt[pos + 6] == 101):
-                credit = True       # Cisco h323-credit-amount
-            pos += alen
-        if pos != length:
+        if check == REPLY_BAD:
             self._finish(sk, f, fi, op, 2, now, arrived)
             return
-        if ma >= 0:
-            memcpy(self.scratch, pkt, length)
-            memcpy(self.scratch + 4, f.auth, 16)
-            memset(self.scratch + ma, 0, 16)
-            lg_hmac_run(&self.hmac, self.scratch, length, digest)
-            if memcmp(digest, pkt + ma, 16) != 0:
-                self._finish(sk, f, fi, op, 2, now, arrived)
-                return
         code = pkt[0]
         if op <= OP_NUMBER_AUTH:
             ok = 0 if code == 2 else (1 if code == 3 else 2)
@@ -721,7 +446,7 @@ cdef class Engine:
         just before the request's sendmmsg to the reply's arrival (realtime ns)."""
         cdef bint measured = now >= self.warm_end and now <= self.end_ns
         cdef uint64_t lat = <uint64_t>(arrived - f.sent_rt if arrived > f.sent_rt else 0)
-        self._give_id(sk, f.ident)
+        _give_id(sk, f.ident)
         f.ident = -1
         sk.inflight -= 1
         if measured and f.sent_ns >= self.warm_end:
@@ -743,7 +468,7 @@ cdef class Engine:
                 else:
                     self.flows_failed += 1
             self._new_flow(f)
-        self._push_ready(sk, fi)
+        _push_ready(sk, fi)
 
     cdef void _scan(self, int64_t now) noexcept:
         """Time out requests older than `timeout`; their flows are abandoned and restarted."""
@@ -762,11 +487,11 @@ cdef class Engine:
                         self.timeouts[op] += 1
                         if f.start_ns >= self.warm_end:
                             self.flows_failed += 1
-                    self._give_id(sk, f.ident)
+                    _give_id(sk, f.ident)
                     f.ident = -1
                     sk.inflight -= 1
                     self._new_flow(f)
-                    self._push_ready(sk, j)
+                    _push_ready(sk, j)
 
     # -- main loop --------------------------------------------------------------------------------
 
