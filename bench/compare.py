@@ -2,7 +2,7 @@
 
     python -m bench.compare                  # or: bench/compare   (defaults finish in ~5 min on 2 cores)
     python -m bench.compare --cards 20000 --modes card-auth,acct --windows 1,64 --duration 2
-    python -m bench.compare --profile        # also py-spy radcore's worker and break its time down
+    python -m bench.compare --profile        # also py-spy and perf radcore's worker, break its time down
     python -m bench.compare --servers radcore,radcore-shm,freeradius --rounds 3 --windows 1,16,64,256
     python -m bench.compare --render bench/results/compare.json   # redraw tables and plot only
 
@@ -47,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import loadgen
+from bench import loadgen, perf_profile
 from bench.compare_report import (
     categorize,
     markdown,
@@ -205,41 +205,61 @@ def aggregate(runs: list[dict]) -> dict:
 # Profile
 
 
+def _under_load(server: RadcoreServer, cards, mode: str, window: int, args, tool):
+    """Run `tool(worker pid)` while the load generator runs `mode` for `args.profile_seconds`, on a
+    freshly restarted `server` (each mode on the provisioned store, as in the matrix). Returns
+    (tool's result, the load run), or None if the server has not exactly one worker."""
+    server.restart()
+    workers = server.worker_pids()
+    if len(workers) != 1:
+        return None
+    holder: dict = {}
+    load_args = argparse.Namespace(**{**vars(args), "duration": args.profile_seconds + 1.0, "warmup": 0.5})
+
+    def load():
+        holder["run"] = run_cell(server, cards, mode, window, load_args)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(1.0)
+    try:
+        result = tool(workers[0])
+    finally:
+        thread.join()
+    return result, holder["run"]
+
+
 def run_profile(server: RadcoreServer, cards, args, log) -> dict:
-    """py-spy the single worker of `server` while each mode runs at the largest window."""
+    """py-spy the single worker of `server` while each mode runs at the largest window, and, where
+    perf may record, sample its CPU with perf in a second run (`bench.perf_profile`)."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(pyspy):
         log("py-spy is not installed (pip install py-spy): no profile")
         return {}
+    perf = perf_profile.available()
+    if perf is None:
+        log("perf is missing or may not record here (perf_event_paranoid): no CPU breakdown with the kernel")
     window = max(args.windows)
+    seconds = args.profile_seconds
     results = {}
     for mode in args.profile_modes:
-        server.restart()  # each mode on the provisioned store, as in the matrix
-        workers = server.worker_pids()
-        if len(workers) != 1:
-            log(f"profile needs exactly one radcore worker, found {workers}")
-            return {}
-        holder: dict = {}
-        seconds = args.profile_seconds
-        load_args = argparse.Namespace(**{**vars(args), "duration": seconds + 1.0, "warmup": 0.5})
-        def load(mode=mode, load_args=load_args, holder=holder):
-            holder["run"] = run_cell(server, cards, mode, window, load_args)
+        def spy(pid):
+            with tempfile.NamedTemporaryFile("r", suffix=".txt") as out:
+                proc = subprocess.run([pyspy, "record", "--native", "--idle", "-r", "200",
+                                       "-d", str(int(seconds)), "-f", "raw", "-o", out.name, "-p", str(pid)],
+                                      capture_output=True, text=True, check=False)
+                return proc, Path(out.name).read_text()
 
-        thread = threading.Thread(target=load)
-        thread.start()
-        time.sleep(1.0)
-        with tempfile.NamedTemporaryFile("r", suffix=".txt") as out:
-            proc = subprocess.run([pyspy, "record", "--native", "--idle", "-r", "200",
-                                   "-d", str(int(seconds)), "-f", "raw", "-o", out.name, "-p", str(workers[0])],
-                                  capture_output=True, text=True, check=False)
-            folded = Path(out.name).read_text()
-        thread.join()
+        done = _under_load(server, cards, mode, window, args, spy)
+        if done is None:
+            log("profile needs exactly one radcore worker")
+            return {}
+        (proc, folded), run = done
         if proc.returncode != 0 or not folded:
             log(f"py-spy failed: {proc.stderr.strip()[-500:]}")
             continue
         cats, leaves = categorize(folded)
         total = sum(cats.values())
-        run = holder["run"]
         per_req_us = 1e6 / run["requests_per_s"] if run["requests_per_s"] else 0.0
         results[mode] = {
             "requests_per_s": run["requests_per_s"], "in_flight": run["in_flight"],
@@ -255,6 +275,19 @@ def run_profile(server: RadcoreServer, cards, args, log) -> dict:
             (keep / f"profile-{mode}.folded").write_text(folded)
             log(f"raw stacks: {keep / f'profile-{mode}.folded'}")
         log(f"profiled {mode}: {run['requests_per_s']:,.0f} req/s, {total} samples")
+        if perf is None:
+            continue
+        done = _under_load(server, cards, mode, window, args,
+                           lambda pid: (pid, perf_profile.record(perf, pid, seconds)))
+        if done is None:
+            continue
+        (pid, script), run = done
+        cpu = perf_profile.breakdown(script, pid, run["requests_per_s"], seconds)
+        if cpu:
+            results[mode]["perf"] = {"requests_per_s": run["requests_per_s"], **cpu}
+            log(f"perf {mode}: {run['requests_per_s']:,.0f} req/s, {cpu['cpu_us_per_request']} µs CPU per request")
+        if args.keep_profiles:
+            (args.work / "profiles" / f"perf-{mode}.txt").write_text(script)
     return results
 
 
@@ -296,14 +329,14 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "radcore-bench"),
                         help="provisioning cache and server directories")
     parser.add_argument("--out", default=str(RESULTS), help="where the JSON, Markdown and PNG go")
-    parser.add_argument("--profile", action="store_true", help="also py-spy radcore (1 worker) per mode")
+    parser.add_argument("--profile", action="store_true", help="also py-spy radcore (1 worker) per mode, and perf it where perf may record")
     parser.add_argument("--profile-only", action="store_true", help="only the profile, no comparison")
     parser.add_argument("--profile-modes", default="card-auth,acct,call")
     parser.add_argument("--profile-server", default="radcore", choices=("radcore", "radcore-shm"))
     parser.add_argument("--profile-seconds", type=float, default=8.0)
     parser.add_argument("--render", metavar="JSON",
                         help="only rewrite compare.md/compare.png (and profile.md) from an earlier compare.json")
-    parser.add_argument("--keep-profiles", action="store_true", help="keep the raw folded stacks under WORK/profiles")
+    parser.add_argument("--keep-profiles", action="store_true", help="keep the raw folded stacks (and perf's samples) under WORK/profiles")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     args.profile_modes = [m for m in args.profile_modes.split(",") if m]
@@ -336,7 +369,7 @@ def main(argv=None) -> int:
     manifest = provision(work / f"cards-{args.cards}{suffix}", args.cards, tombstones=args.tombstones)
     cards = loadgen.load_cards(manifest["cards_file"])
     servers = {}
-    tuning = dict(batch_max=args.batch_max, checkpoint_ms=args.checkpoint_ms)
+    tuning = {"batch_max": args.batch_max, "checkpoint_ms": args.checkpoint_ms}
     factories = {
         "radcore": lambda: RadcoreServer(work, manifest, workers=1, cpus=args.server_cpus, label="radcore",
                                          **tuning),

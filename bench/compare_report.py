@@ -1,6 +1,7 @@
 """Rendering of `bench.compare`'s results: the Markdown tables (`compare.md`), the matplotlib plot
-(`compare.png`), the breakdown of a py-spy profile into categories (`profile.md`), and `render`, which
-redraws all of them from an earlier `compare.json` (`python -m bench.compare --render JSON`)."""
+(`compare.png`), the breakdown of a py-spy profile and of perf's CPU samples into categories
+(`profile.md`), and `render`, which redraws all of them from an earlier `compare.json`
+(`python -m bench.compare --render JSON`)."""
 
 from __future__ import annotations
 
@@ -278,7 +279,21 @@ def profile_markdown(prof: dict) -> str:
         out += [loadgen.markdown_table(("category", "share", "µs/request"), rows), "", "Innermost frames:", ""]
         rows = [[frame, f"{share * 100:.1f}%"] for frame, share in p["top_frames"][:15]]
         out += [loadgen.markdown_table(("frame", "share"), rows), ""]
+        if p.get("perf"):
+            out += perf_markdown(p["perf"])
     return "\n".join(out)
+
+
+def perf_markdown(cpu: dict) -> list[str]:
+    """The CPU breakdown of one mode's perf run (bench.perf_profile.breakdown), as Markdown lines."""
+    threads = ", ".join(f"{name} {share * 100:.1f}%" for name, share in cpu["threads"].items())
+    out = [(f"CPU by perf (`perf record -e cpu-clock -g`, every thread, kernel stacks included), a second run "
+            f"at {cpu['requests_per_s']:,.0f} req/s: the worker process used {cpu['cpu_share_of_one_core']:.2f} "
+            f"of a core, {cpu['cpu_us_per_request']} µs of CPU per request ({threads}). A kernel sample "
+            "counts under the system call it runs in; a user-space one under the object of its innermost frame."),
+           ""]
+    rows = [[name, f"{c['share'] * 100:.1f}%", f"{c['us_per_request']:.2f}"] for name, c in cpu["categories"].items()]
+    return out + [loadgen.markdown_table(("category", "share of CPU", "CPU µs/request"), rows), ""]
 
 
 # ---------------------------------------------------------------------------------------------
