@@ -184,6 +184,7 @@ def start_generation(store: Store, keyring: KeyRing, series: Series, *, clock: C
     each commit, the last one complete. Closing it stops between chunks, leaving a resumable prefix.
     The write transactions run on the thread that iterates; see `_chunks` for the helper thread."""
     _int("chunk_size", chunk_size, 1, MAX_CHUNK)
+    keyring.reload()  # a key rotated since this process started encrypts the new PINs
     now = clock()
     with store.transaction(write=True) as txn:
         validate_new_series(txn, store, series, now=now)
@@ -204,6 +205,7 @@ def resume_generation(store: Store, keyring: KeyRing, number: int, *, clock: Cal
         raise NotFound(f"series {number} does not exist")
     if series.complete:
         return series
+    keyring.reload()
     return _drive(_chunks(store, keyring, number, clock, chunk_size), progress)
 
 

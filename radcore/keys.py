@@ -72,6 +72,16 @@ class KeyRing:
         return ring
 
     @classmethod
+    def load(cls, path: str | os.PathLike) -> KeyRing:
+        """Load an existing key file; its absence is an error (StoreError), never a reason to make one:
+        a new pepper would invalidate every PIN digest in the store."""
+        path = os.fspath(path)
+        try:
+            return cls._load(path)
+        except FileNotFoundError:
+            raise StoreError(f"no key file at {path}: radcore serve creates it when it first starts") from None
+
+    @classmethod
     def _load(cls, path: str) -> KeyRing:
         """Read and check the key file; FileNotFoundError passes through (it means: create one)."""
         try:
