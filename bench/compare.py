@@ -329,14 +329,16 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "radcore-bench"),
                         help="provisioning cache and server directories")
     parser.add_argument("--out", default=str(RESULTS), help="where the JSON, Markdown and PNG go")
-    parser.add_argument("--profile", action="store_true", help="also py-spy radcore (1 worker) per mode, and perf it where perf may record")
+    parser.add_argument("--profile", action="store_true",
+                        help="also py-spy radcore (1 worker) per mode, and perf it where perf may record")
     parser.add_argument("--profile-only", action="store_true", help="only the profile, no comparison")
     parser.add_argument("--profile-modes", default="card-auth,acct,call")
     parser.add_argument("--profile-server", default="radcore", choices=("radcore", "radcore-shm"))
     parser.add_argument("--profile-seconds", type=float, default=8.0)
     parser.add_argument("--render", metavar="JSON",
                         help="only rewrite compare.md/compare.png (and profile.md) from an earlier compare.json")
-    parser.add_argument("--keep-profiles", action="store_true", help="keep the raw folded stacks (and perf's samples) under WORK/profiles")
+    parser.add_argument("--keep-profiles", action="store_true",
+                        help="keep the raw folded stacks (and perf's samples) under WORK/profiles")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     args.profile_modes = [m for m in args.profile_modes.split(",") if m]

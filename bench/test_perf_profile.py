@@ -113,6 +113,7 @@ def test_records_where_a_real_process_spends_its_cpu(tmp_path):
     assert out["threads"] == {"worker thread": 1.0}
     # A loop of 64 KiB pwrites and flushes spends most of its CPU in those two system calls.
     writing = sum(cats.get(name, {"share": 0})["share"] for name in (
-        "kernel: fdatasync (LMDB commits, journal flushes)", "kernel: file writes (pwrite, writev into the page cache)"))
+        "kernel: fdatasync (LMDB commits, journal flushes)",
+        "kernel: file writes (pwrite, writev into the page cache)"))
     assert writing > 0.5, cats
     assert os.path.getsize(tmp_path / "f") == 65536
