@@ -85,7 +85,7 @@ def samples(script: str):
             if tid is not None:
                 yield tid, frames
             tid, frames = None, []
-        elif not line[0].isspace():
+        elif not line.startswith("\t"):  # the header: the thread id, right-aligned (space-padded)
             if tid is not None:
                 yield tid, frames
             tid, frames = int(line.split()[0]), []

@@ -62,8 +62,11 @@ def test_each_sample_goes_to_the_category_of_its_system_call_or_innermost_object
 
 
 def test_parser_reads_back_to_back_samples_and_frames():
-    parsed = list(pp.samples(FDATASYNC + BTREE + FLUSHER))
-    assert [tid for tid, _ in parsed] == [10, 10, 11]
+    # perf right-aligns the thread id: a short one comes with leading spaces.
+    padded = "  " + sample(1524, ("mdb_node_search", LMDB))
+    parsed = list(pp.samples(FDATASYNC + BTREE + FLUSHER + padded))
+    assert [tid for tid, _ in parsed] == [10, 10, 11, 1524]
+    assert parsed[3][1] == [("mdb_node_search", LMDB)]
     assert parsed[0][1][0] == ("mpage_process_page_bufs", K)
     assert parsed[0][1][-1] == ("[unknown]", "[unknown]")
     assert len(parsed[1][1]) == 3
