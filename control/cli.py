@@ -2,7 +2,7 @@
 
     radcore serve --config radcore.toml      RADIUS workers + control plane (gRPC, fees, portal)
     radcore admin ...                        manage series, cards, rates, fees over gRPC
-    radcore keys rotate --config radcore.toml   a new PIN encryption key (on the server, no API)
+    radcore keys rotate|reencrypt|prune      the PIN encryption keys (on the server, no API)
     radcore --version
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (one readable line on stderr).
@@ -72,55 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the bound ports as JSON here once serving (for scripts and tests)")
     serve.set_defaults(func=cmd_serve)
 
-    keys = commands.add_parser("keys", help="the PIN key file on this server",
-                               description="The key file holds the pepper of the PIN digests and the "
-                                           "keys that encrypt PINs (control.key_file).")
-    key_commands = keys.add_subparsers(title="commands", metavar="COMMAND")
-    rotate = key_commands.add_parser(
-        "rotate", help="make a new PIN encryption key current (earlier keys stay for decryption)",
-        description=ROTATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rotate.add_argument("--config", "-c", default="radcore.toml", metavar="FILE",
-                        help="TOML configuration naming the data directory and key file (default: %(default)s)")
-    rotate.add_argument("--json", action="store_true", help="print the result as JSON")
-    rotate.set_defaults(func=cmd_keys_rotate)
+    from control import keys_cli
+    keys_cli.add_commands(commands)
 
     from control import admin
     admin.add_commands(commands)
     return parser
-
-
-ROTATE_HELP = """\
-Add a new AES-GCM key to the key file and make it current. PINs already stored keep
-decrypting under the keys they name; every series generated from now on is encrypted
-under the new key, in a running server too. The pepper of the PIN digests never changes.
-Runs on the server, against the files named by --config; recorded in the audit log
-(actor "local", RPC RotatePinKey). Rotate well before billions of PINs share one key.
-
-  radcore keys rotate --config /etc/radcore/radcore.toml
-"""
-
-
-def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    import json
-
-    from control.key_rotation import rotate_pin_key
-    from radcore.clock import default_clock
-    from radcore.keys import KeyRing
-    from radcore.store import Store
-
-    config = load_config(args.config)
-    keyring = KeyRing.load(config.control.key_file)
-    store = Store(config.server.data_dir, map_size=config.server.map_size_mb << 20)
-    try:
-        previous, current = rotate_pin_key(store, keyring, clock=default_clock())
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps({"key_file": keyring.path, "previous_key": previous, "current_key": current}))
-    else:
-        print(f"PIN key {current} is now current in {keyring.path}; key {previous} and earlier stay "
-              "for the PINs encrypted under them.")
-    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,27 +1,41 @@
-"""Rotating the key that encrypts PINs, as an operator does it: on the server, from the key file.
+"""The keys that encrypt PINs, as an operator handles them: on the server, from the key file.
 
-A fresh AES-GCM key becomes current and every earlier key stays, so PINs already stored still
-decrypt (each blob names its key id) while every PIN generated from then on is encrypted under the
-new key. The pepper behind the PIN digests never changes. There is deliberately no RPC for this: the
-key file lives outside the store and the API, and whoever rotates it must be able to read it.
+`rotate_pin_key` makes a fresh AES-GCM key current. Every earlier key stays, so PINs already stored
+still decrypt (each blob names its key id) while every PIN generated from then on is encrypted under
+the new key. After a suspected compromise of an old key, `reencrypt_pins` moves every stored PIN to
+the current key and `prune_keys` then deletes the old keys from the file. The pepper behind the PIN
+digests never changes. There is deliberately no RPC for any of this: the key file lives outside the
+store and the API, and whoever changes it must be able to read it.
 
-The rotation and its audit entry share one write transaction: the key file is replaced (atomically,
-see `radcore.keys.KeyRing.rotate`) inside it, so a failed rotation leaves no entry. Running servers
-pick the new key up without a restart: each series generation re-reads the key file first, and a
-blob naming an unknown key id makes the reader reload it.
+Each change and its audit entry share a write transaction. Running servers pick changes up without a
+restart: each series generation re-reads the key file first, and a blob naming an unknown key id
+makes the reader reload it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from control import audit
 from control.auth import LOCAL, Principal
+from radcore.errors import Conflict
 from radcore.keys import KeyRing
+from radcore.records import CARD_FIXED_SIZE
 from radcore.store import Store
 
-RPC = "RotatePinKey"
 TARGET = "keys/pin"
+#: Cards per write transaction of a re-encryption: two AES-GCM operations each, so the writer lock
+#: (which RADIUS accounting waits for) is held a few milliseconds at a time.
+REENCRYPT_CHUNK = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Reencryption:
+    scanned: int       # cards looked at
+    reencrypted: int   # of them, PINs that were under an older key
+    current_key: int
 
 
 def rotate_pin_key(store: Store, keyring: KeyRing, *, clock: Callable[[], int],
@@ -31,6 +45,83 @@ def rotate_pin_key(store: Store, keyring: KeyRing, *, clock: Callable[[], int],
         keyring.reload()  # another process may have rotated since this ring was loaded
         before = keyring.current
         after = keyring.rotate()
-        audit.record(txn, store, principal, RPC, TARGET, now=clock(),
+        audit.record(txn, store, principal, "RotatePinKey", TARGET, now=clock(),
                      before={"current_key": before}, after={"current_key": after})
     return before, after
+
+
+def reencrypt_pins(store: Store, keyring: KeyRing, *, clock: Callable[[], int], principal: Principal = LOCAL,
+                   chunk: int = REENCRYPT_CHUNK,
+                   progress: Callable[[int, int], None] | None = None) -> Reencryption:
+    """Re-encrypt, under the current key, every stored PIN that an older key encrypts.
+
+    A walk over the cards in key order, `chunk` cards per write transaction, so an interruption
+    leaves every card whole (its PIN under one key or the other) and running it again finishes the
+    job. Only the PIN blob changes; the rest of each card is rewritten as read in the same
+    transaction, so no concurrent debit is lost. `progress(scanned, reencrypted)` runs after each
+    commit. The audit entry goes with the last chunk.
+    """
+    keyring.reload()
+    current = keyring.current
+    scanned = reencrypted = 0
+    start: bytes | None = b""
+    while start is not None:
+        with store.transaction(write=True) as txn:
+            cursor = txn.cursor(db=store.cards)
+            found = cursor.set_range(start) if start else cursor.first()
+            for _ in range(chunk):
+                if not found:
+                    break
+                key, raw = cursor.key(), cursor.value()
+                scanned += 1
+                if len(raw) > CARD_FIXED_SIZE and raw[CARD_FIXED_SIZE] != current:
+                    pin = keyring.decrypt_pin(raw[CARD_FIXED_SIZE:], key)
+                    cursor.put(key, raw[:CARD_FIXED_SIZE] + keyring.encrypt_pin(pin, key))
+                    reencrypted += 1
+                found = cursor.next()
+            start = cursor.key() if found else None
+            if start is None:
+                audit.record(txn, store, principal, "ReencryptPins", TARGET, now=clock(),
+                             after={"current_key": current, "reencrypted": reencrypted})
+        if progress is not None:
+            progress(scanned, reencrypted)
+    return Reencryption(scanned, reencrypted, current)
+
+
+def prune_keys(store: Store, keyring: KeyRing, *, clock: Callable[[], int],
+               principal: Principal = LOCAL) -> list[int]:
+    """Delete every key but the current one from the key file, once no stored PIN names them.
+
+    The cards are counted by key in a read snapshot, so RADIUS is not held up however many there are;
+    the deletion then happens in a write transaction that first checks nothing could have added a
+    PIN since: no generation is under way and the cards are as many as in the snapshot (only
+    generation writes PINs, and it only adds cards). Otherwise Conflict, and nothing changes.
+    """
+    keyring.reload()
+    current = keyring.current
+    with store.transaction() as txn:
+        if _generating(txn, store):
+            raise Conflict("a series is being generated: prune the keys once it has finished")
+        cards = txn.stat(store.cards)["entries"]
+        used = Counter(raw[CARD_FIXED_SIZE] for raw in txn.cursor(db=store.cards).iternext(keys=False)
+                       if len(raw) > CARD_FIXED_SIZE)
+    older = {kid: n for kid, n in used.items() if kid != current}
+    if older:
+        raise Conflict(f"{sum(older.values()):,} PINs are still encrypted under key(s) "
+                       f"{', '.join(map(str, sorted(older)))}: run 'radcore keys reencrypt' first")
+    with store.transaction(write=True) as txn:
+        if _generating(txn, store) or txn.stat(store.cards)["entries"] != cards:
+            raise Conflict("cards were generated while the keys were checked: run 'radcore keys prune' again")
+        keyring.reload()
+        if keyring.current != current:
+            raise Conflict("the key was rotated while the keys were checked: run 'radcore keys reencrypt' "
+                           "and 'radcore keys prune' again")
+        dropped = keyring.prune()
+        if dropped:
+            audit.record(txn, store, principal, "PruneKeys", TARGET, now=clock(),
+                         before={"keys": sorted([current, *dropped])}, after={"keys": [current]})
+    return dropped
+
+
+def _generating(txn, store: Store) -> bool:
+    return txn.cursor(db=store.generation).first()

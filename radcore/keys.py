@@ -136,16 +136,34 @@ class KeyRing:
 
         Written to a new 0600 file and renamed over the old one, so a crash leaves either file whole.
         Rotation is an operator action run from one process; other processes pick the new key up the
-        first time they meet a blob that names it (see `decrypt_pin`).
+        first time they meet a blob that names it (see `decrypt_pin`). Ids count up; past MAX_KEY_ID
+        they start again at the lowest id that `prune` has freed (no stored PIN names it any more).
         """
         self.reload()
-        new_id = max(self._keys) + 1
-        if new_id > MAX_KEY_ID:
-            raise StoreError(f"key file {self.path} already holds {MAX_KEY_ID} keys; re-encrypt PINs "
-                             "under the current key and prune old keys before rotating again")
-        key = secrets.token_bytes(KEY_SIZE)
-        keys = {**self._keys, new_id: key}
-        candidate = KeyRing(self.path, self._pepper, keys, new_id)
+        top = max(self._keys)
+        free = [kid for kid in range(top + 1, MAX_KEY_ID + 1)] or [
+            kid for kid in range(1, top) if kid not in self._keys]
+        if not free:
+            raise StoreError(f"key file {self.path} already holds {MAX_KEY_ID} keys; re-encrypt the PINs "
+                             "under the current key (radcore keys reencrypt) and prune the old keys "
+                             "(radcore keys prune) before rotating again")
+        new_id = free[0]
+        self._replace(KeyRing(self.path, self._pepper, {**self._keys, new_id: secrets.token_bytes(KEY_SIZE)},
+                              new_id))
+        return new_id
+
+    def prune(self) -> list[int]:
+        """Drop every key but the current one; returns the ids dropped. Only once no stored PIN names
+        them (control.key_rotation.prune_keys checks that): a dropped key cannot come back."""
+        self.reload()
+        dropped = sorted(kid for kid in self._keys if kid != self.current)
+        if dropped:
+            self._replace(KeyRing(self.path, self._pepper, {self.current: self._keys[self.current]},
+                                  self.current))
+        return dropped
+
+    def _replace(self, candidate: KeyRing) -> None:
+        """Write `candidate` to a new 0600 file, rename it over the key file, and adopt it."""
         tmp = _write_private(self.path, candidate._serialise())
         try:
             os.replace(tmp, self.path)
@@ -154,7 +172,6 @@ class KeyRing:
             raise
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         self._adopt(candidate)
-        return new_id
 
     def reload(self) -> None:
         """Re-read the key file (another process may have rotated). The pepper must not change."""

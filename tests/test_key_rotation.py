@@ -1,6 +1,8 @@
-"""Rotating the PIN encryption key: old PINs still decrypt, new series use the new key even in a
-process that loaded the key file before the rotation, the audit log has the change, and the operator's
-`radcore keys rotate` (run as a subprocess) does it with one readable line on stdout or stderr."""
+"""The PIN encryption keys: rotating keeps old PINs decryptable and puts new series under the new key,
+even in a process that loaded the key file before; re-encrypting moves every stored PIN to the
+current key and touches nothing else on the card; pruning deletes the old keys only when no PIN needs
+them and nothing can have added one meanwhile; every change is audited; and the operator's
+`radcore keys ...` commands (run as subprocesses) report in one readable line."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ import pytest
 
 from control.audit import list_audit
 from control.auth import LOCAL
-from control.key_rotation import RPC, TARGET, rotate_pin_key
+from control.key_rotation import TARGET, prune_keys, reencrypt_pins, rotate_pin_key
 from helpers_store import NOW, add_rate_table, new_series, open_store
 from radcore.clock import FixedClock
-from radcore.errors import StoreError
-from radcore.generation import generate_series
+from radcore.errors import Conflict, StoreError
+from radcore.generation import generate_series, start_generation
 from radcore.keys import KeyRing
 from radcore.store import Store, card_key, iter_series_cards
 
@@ -57,7 +59,7 @@ def test_rotation_keeps_old_pins_and_new_series_use_the_new_key_in_a_running_pro
 
     entries, _ = list_audit(store, LOCAL, target=TARGET)
     assert [(e.rpc, e.actor, e.before, e.after) for e in entries] == [
-        (RPC, "local", {"current_key": 1}, {"current_key": 2})]
+        ("RotatePinKey", "local", {"current_key": 1}, {"current_key": 2})]
     store.close()
 
 
@@ -96,10 +98,10 @@ def test_load_never_creates_a_key_file(tmp_path):
     assert not path.exists()
 
 
-def run_cli(tmp_path, *args):
+def run_cli(tmp_path, *args, command="rotate"):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADCORE_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return subprocess.run([sys.executable, "-m", "control.cli", "keys", "rotate", *args], cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "control.cli", "keys", command, *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -132,3 +134,164 @@ def test_cli_rotates_and_reports_in_one_line(tmp_path):
 
     bad = run_cli(tmp_path, "--config", "nowhere.toml")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "nowhere.toml" in bad.stderr
+
+
+def raw_cards(store, number):
+    with store.transaction() as txn:
+        return {serial: card for serial, card in iter_series_cards(txn, store, number)}
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A store with two series under key 1, and the key rotated to 2."""
+    store = open_store(tmp_path / "db")
+    add_rate_table(store)
+    ring = KeyRing.load_or_create(str(tmp_path / "radcore.key"))
+    clock = FixedClock(NOW)
+    generate_series(store, ring, new_series(45, quantity=600), clock=clock)
+    generate_series(store, ring, new_series(46, quantity=7), clock=clock)
+    rotate_pin_key(store, ring, clock=clock)
+    yield store, ring, clock
+    store.close()
+
+
+def test_reencrypt_moves_every_pin_to_the_current_key_and_nothing_else(world):
+    store, ring, clock = world
+    pins_before = {n: [pin for _, pin in pins(store, ring, n)] for n in (45, 46)}
+    cards_before = {n: raw_cards(store, n) for n in (45, 46)}
+    generate_series(store, ring, new_series(47, quantity=5), clock=clock)   # already under key 2
+    steps = []
+    done = reencrypt_pins(store, ring, clock=clock, chunk=100, progress=lambda s, r: steps.append((s, r)))
+    assert (done.scanned, done.reencrypted, done.current_key) == (612, 607, 2)
+    assert steps[0] == (100, 100) and steps[-1] == (612, 607) and len(steps) == 7
+    for n in (45, 46):
+        assert [kid for kid, _ in pins(store, ring, n)] == [2] * len(pins_before[n])
+        assert [pin for _, pin in pins(store, KeyRing.load(ring.path), n)] == pins_before[n]
+        for serial, card in raw_cards(store, n).items():
+            old = cards_before[n][serial]
+            assert card.pin_blob != old.pin_blob
+            card.pin_blob = old.pin_blob
+            assert card == old                   # balance, status, dates, digest: untouched
+    again = reencrypt_pins(store, ring, clock=clock)
+    assert (again.scanned, again.reencrypted) == (612, 0)
+    entries, _ = list_audit(store, LOCAL, target=TARGET)
+    assert [(e.rpc, e.after) for e in entries[:2]] == [
+        ("ReencryptPins", {"current_key": 2, "reencrypted": 0}),
+        ("ReencryptPins", {"current_key": 2, "reencrypted": 607})]
+
+
+def test_an_interrupted_reencryption_leaves_whole_cards_and_finishes_when_run_again(world):
+    store, ring, clock = world
+    before = [pin for _, pin in pins(store, ring, 45)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(scanned, done):
+        if scanned >= 200:
+            raise Stop
+
+    with pytest.raises(Stop):
+        reencrypt_pins(store, ring, clock=clock, chunk=100, progress=stop_after_two)
+    kids = [kid for kid, _ in pins(store, ring, 45)]
+    assert kids == [2] * 200 + [1] * 400
+    assert [pin for _, pin in pins(store, ring, 45)] == before
+    assert reencrypt_pins(store, ring, clock=clock, chunk=100).reencrypted == 407
+    assert [pin for _, pin in pins(store, ring, 45)] == before
+
+
+def test_prune_refuses_while_a_pin_needs_an_old_key_then_deletes_them(world):
+    store, ring, clock = world
+    with pytest.raises(Conflict, match="607 PINs are still encrypted under key.s. 1: run 'radcore keys reencrypt'"):
+        prune_keys(store, ring, clock=clock)
+    assert sorted(json.loads(Path(ring.path).read_text())["keys"]) == ["1", "2"]
+    reencrypt_pins(store, ring, clock=clock)
+    assert prune_keys(store, ring, clock=clock) == [1]
+    doc = json.loads(Path(ring.path).read_text())
+    assert doc["current"] == 2 and list(doc["keys"]) == ["2"]
+    assert len(pins(store, KeyRing.load(ring.path), 45)) == 600       # every PIN still decrypts
+    assert prune_keys(store, ring, clock=clock) == []
+    entries, _ = list_audit(store, LOCAL, target=TARGET)
+    assert [(e.rpc, e.before, e.after) for e in entries if e.rpc == "PruneKeys"] == [
+        ("PruneKeys", {"keys": [1, 2]}, {"keys": [2]})]
+    # Ids freed by the prune are reused only past the top: the next rotation is 3.
+    assert rotate_pin_key(store, ring, clock=clock) == (2, 3)
+
+
+def test_prune_refuses_while_a_series_is_being_generated(world):
+    store, ring, clock = world
+    reencrypt_pins(store, ring, clock=clock)
+    steps = start_generation(store, ring, new_series(48, quantity=1000), clock=clock, chunk_size=100)
+    next(steps)                                   # one chunk written, the rest to come
+    with pytest.raises(Conflict, match="being generated"):
+        prune_keys(store, ring, clock=clock)
+    for _ in steps:
+        pass
+    assert prune_keys(store, ring, clock=clock) == [1]
+
+
+def test_prune_refuses_when_cards_appear_between_its_check_and_its_change(world, monkeypatch):
+    store, ring, clock = world
+    reencrypt_pins(store, ring, clock=clock)
+    stale = KeyRing.load(ring.path)
+    real = store.transaction
+
+    def transaction(write=False):
+        if write:  # before prune's change: a generator that did not re-read the key file ran
+            monkeypatch.setattr(store, "transaction", real)
+            stale._adopt(KeyRing(stale.path, stale._pepper, {1: stale._keys[1]}, 1))
+            monkeypatch.setattr(stale, "reload", lambda: None)
+            generate_series(store, stale, new_series(49, quantity=3), clock=clock)
+        return real(write)
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    with pytest.raises(Conflict, match="generated while the keys were checked"):
+        prune_keys(store, ring, clock=clock)
+    assert sorted(json.loads(Path(ring.path).read_text())["keys"]) == ["1", "2"]
+    assert {kid for kid, _ in pins(store, ring, 49)} == {1}       # which is why key 1 had to stay
+
+
+def test_rotation_past_the_last_id_reuses_the_lowest_pruned_one(tmp_path):
+    path = str(tmp_path / "radcore.key")
+    ring = KeyRing.load_or_create(path)
+    doc = json.loads(Path(path).read_text())
+    doc["keys"] = {"255": doc["keys"]["1"]}
+    doc["current"] = 255
+    Path(path).write_text(json.dumps(doc))
+    ring.reload()
+    assert ring.rotate() == 1
+    assert ring.rotate() == 2
+    full = KeyRing.load(path)
+    doc = json.loads(Path(path).read_text())
+    doc["keys"] = {str(i): doc["keys"]["1"] for i in range(1, 256)}
+    Path(path).write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="radcore keys reencrypt.*radcore keys prune"):
+        full.rotate()
+
+
+def test_cli_reencrypt_and_prune(tmp_path):
+    (tmp_path / "radcore.toml").write_text('[server]\ndata_dir = "db"\nmap_size_mb = 256\n')
+    store = Store(tmp_path / "db", map_size=256 << 20)
+    add_rate_table(store)
+    ring = KeyRing.load_or_create(tmp_path / "db" / "radcore.key")
+    generate_series(store, ring, new_series(45, quantity=30), clock=FixedClock(NOW))
+    store.close()
+    assert run_cli(tmp_path, "--config", "radcore.toml").returncode == 0          # rotate to key 2
+
+    refused = run_cli(tmp_path, "--config", "radcore.toml", command="prune")
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines() == [
+        "radcore: 30 PINs are still encrypted under key(s) 1: run 'radcore keys reencrypt' first"]
+
+    done = run_cli(tmp_path, "--config", "radcore.toml", command="reencrypt")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["Re-encrypted 30 of 30 PINs under key 2."]
+    assert json.loads(run_cli(tmp_path, "--config", "radcore.toml", "--json", command="reencrypt").stdout) == {
+        "key_file": str(tmp_path / "db" / "radcore.key"), "current_key": 2, "cards": 30, "reencrypted": 0}
+
+    pruned = run_cli(tmp_path, "--config", "radcore.toml", command="prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.splitlines() == [
+        f"Deleted key(s) 1 from {tmp_path / 'db' / 'radcore.key'}; key 2 remains."]
+    again = json.loads(run_cli(tmp_path, "--config", "radcore.toml", "--json", command="prune").stdout)
+    assert again["deleted_keys"] == [] and again["current_key"] == 2
