@@ -14,6 +14,7 @@ makes the reader reload it.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,11 @@ from radcore.store import Store
 
 TARGET = "keys/pin"
 #: Cards per write transaction of a re-encryption: two AES-GCM operations each, so the writer lock
-#: (which RADIUS accounting waits for) is held a few milliseconds at a time.
+#: (which RADIUS accounting waits for) is held about 3 ms at a time with its durable commit (100,000
+#: cards in 1.1-1.3 s on the development machine).
 REENCRYPT_CHUNK = 250
+#: How long a re-encryption waits, between two chunks, for writers blocked on the lock to get it.
+YIELD_LIMIT_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,20 @@ def reencrypt_pins(store: Store, keyring: KeyRing, *, clock: Callable[[], int], 
                              after={"current_key": current, "reencrypted": reencrypted})
         if progress is not None:
             progress(scanned, reencrypted)
+        _let_writers_in(store)
     return Reencryption(scanned, reencrypted, current)
+
+
+def _let_writers_in(store: Store) -> None:
+    """Wait until no other writer is blocked on LMDB's write lock (a RADIUS worker with a batch to
+    commit), for at most YIELD_LIMIT_S. The lock's mutex hands no turn to a waiter: a loop of chunks
+    that takes it straight back could keep accounting waiting for many of them. Measured with a
+    process committing 400 small write transactions a second during a 300,000-card re-encryption,
+    two pairs: its commit p99 was 5.3 and 9.6 ms with this, 15.7 and 10.3 ms without, and the
+    re-encryption took 15 % longer."""
+    deadline = time.monotonic() + YIELD_LIMIT_S
+    while store.waiters is not None and store.waiters.any() and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def prune_keys(store: Store, keyring: KeyRing, *, clock: Callable[[], int],

@@ -295,3 +295,20 @@ def test_cli_reencrypt_and_prune(tmp_path):
         f"Deleted key(s) 1 from {tmp_path / 'db' / 'radcore.key'}; key 2 remains."]
     again = json.loads(run_cli(tmp_path, "--config", "radcore.toml", "--json", command="prune").stdout)
     assert again["deleted_keys"] == [] and again["current_key"] == 2
+
+
+def test_reencryption_lets_a_waiting_writer_in_between_chunks(world, monkeypatch):
+    store, ring, clock = world
+    looks = []
+    waiting = iter([True, True, False] + [False] * 10)   # a writer blocked after the first chunk
+
+    def any_waiting():
+        looks.append(len(chunks))
+        return next(waiting)
+
+    chunks = []
+    monkeypatch.setattr(store.waiters, "any", any_waiting)
+    reencrypt_pins(store, ring, clock=clock, chunk=200, progress=lambda s, r: chunks.append(s))
+    # After chunk 1 it looked three times (waiting, waiting, gone), then once after each later chunk.
+    assert chunks == [200, 400, 600, 607]
+    assert looks == [1, 1, 1, 2, 3, 4]
