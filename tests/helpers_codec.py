@@ -141,23 +141,12 @@ def random_request(rng: random.Random, secret: bytes) -> bytes:
     data = bytearray(struct.pack("!BBH", code, rng.randrange(256), 20 + len(body)) + auth + body)
     # Sign: Message-Authenticator (RFC 3579 §3.2) with the authenticator the packet carries (zeros
     # for accounting), then the accounting Request Authenticator (RFC 2866 §3) over the result.
-    offset = _first_ma_offset(bytes(data))
+    offset = packet.attribute_offset(bytes(data), d.MESSAGE_AUTHENTICATOR)
     if offset is not None and offset + 16 <= len(data):
         data[offset:offset + 16] = packet.message_authenticator(bytes(data), secret, auth, offset)
     if code == d.Code.ACCOUNTING_REQUEST:
         data[4:20] = packet.request_authenticator(bytes(data), secret)
     return bytes(data)
-
-
-def _first_ma_offset(data: bytes) -> int | None:
-    pos = 20
-    while pos + 2 <= len(data):
-        if data[pos] == d.MESSAGE_AUTHENTICATOR:
-            return pos + 2
-        if data[pos + 1] < 2:
-            return None
-        pos += data[pos + 1]
-    return None
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
