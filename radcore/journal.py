@@ -133,15 +133,6 @@ class JournalWriter:
             raise
         self.fd, self.name, self.offset = fd, name, 0
 
-    def append(self, payload: bytes | bytearray) -> None:
-        """Write one record and flush it; on failure the file is cut back to what was flushed."""
-        end = self.write(payload)
-        try:
-            os.fdatasync(self.fd)
-        except OSError as exc:
-            raise self.failed(exc.errno) from exc
-        self.flushed(end)
-
     def write(self, payload: bytes | bytearray) -> int:
         """Write one record after the flushed ones without flushing it; returns the offset after it,
         for `flushed` once an fdatasync has returned (the write lane runs that on a thread of its

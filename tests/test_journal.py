@@ -80,16 +80,23 @@ def test_a_malformed_operation_is_an_error_not_a_guess():
         list(journal.decode_ops(b"\x01\x01"))
 
 
+def append(writer: journal.JournalWriter, payload: bytes) -> None:
+    """One durable record, as the write lane makes it: write, flush, then count it as flushed."""
+    end = writer.write(payload)
+    os.fdatasync(writer.fd)
+    writer.flushed(end)
+
+
 def test_recovery_replays_a_dead_writers_tail_and_skips_a_live_one(tmp_path):
     """Records beyond a journal's applied offset are replayed if its writer is gone (no flock) and
     left alone while it lives; a fully applied dead journal is deleted."""
     store = Store(tmp_path / "data", map_size=1 << 26)
     live = journal.JournalWriter(store.journal_dir)
-    live.append(journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"live", b"1"))
+    append(live, journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"live", b"1"))
     dead = journal.JournalWriter(store.journal_dir)
-    dead.append(journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"dead", b"1"))
-    dead.append(journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"dead", b"2") +
-                journal.encode_op(journal.PUT, DB_NAMES.index("cards"), b"\0\0\0\x2d\0\0\0\1", b"card"))
+    append(dead, journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"dead", b"1"))
+    append(dead, journal.encode_op(journal.PUT, DB_NAMES.index("meta"), b"dead", b"2") +
+                 journal.encode_op(journal.PUT, DB_NAMES.index("cards"), b"\0\0\0\x2d\0\0\0\1", b"card"))
     dead.close()
     txn = store.begin(write=True)  # replays the dead journal, commits that, deletes it
     txn.abort()  # the caller's own transaction: nothing of the replay hangs on it
@@ -113,7 +120,7 @@ def test_a_replay_is_committed_before_anything_is_journaled_on_top_of_it(tmp_pat
     store = Store(tmp_path / "data", map_size=1 << 26)
     meta = DB_NAMES.index("meta")
     a = journal.JournalWriter(store.journal_dir)
-    a.append(journal.encode_op(journal.PUT, meta, b"k", b"from A"))
+    append(a, journal.encode_op(journal.PUT, meta, b"k", b"from A"))
     a.close()
     # A name that sorts after B's, so replaying both in name order would put A last.
     os.rename(os.path.join(store.journal_dir, a.name), os.path.join(store.journal_dir, "zz-1.log"))
@@ -121,7 +128,7 @@ def test_a_replay_is_committed_before_anything_is_journaled_on_top_of_it(tmp_pat
     b = journal.JournalWriter(store.journal_dir)
     assert b.name < "zz-1.log"
     txn.put(b"k", b"from B", db=store.meta)
-    b.append(journal.encode_op(journal.PUT, meta, b"k", b"from B"))
+    append(b, journal.encode_op(journal.PUT, meta, b"k", b"from B"))
     txn.abort()  # B dies before its checkpoint
     b.close()
     with store.begin(write=True):
