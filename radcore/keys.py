@@ -141,13 +141,12 @@ class KeyRing:
         """
         self.reload()
         top = max(self._keys)
-        free = [kid for kid in range(top + 1, MAX_KEY_ID + 1)] or [
-            kid for kid in range(1, top) if kid not in self._keys]
-        if not free:
+        new_id = top + 1 if top < MAX_KEY_ID else next(
+            (kid for kid in range(1, top) if kid not in self._keys), None)
+        if new_id is None:
             raise StoreError(f"key file {self.path} already holds {MAX_KEY_ID} keys; re-encrypt the PINs "
                              "under the current key (radcore keys reencrypt) and prune the old keys "
                              "(radcore keys prune) before rotating again")
-        new_id = free[0]
         self._replace(KeyRing(self.path, self._pepper, {**self._keys, new_id: secrets.token_bytes(KEY_SIZE)},
                               new_id))
         return new_id
