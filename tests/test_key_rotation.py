@@ -1,6 +1,7 @@
 """The PIN encryption keys: rotating keeps old PINs decryptable and puts new series under the new key,
 even in a process that loaded the key file before; re-encrypting moves every stored PIN to the
-current key and touches nothing else on the card; pruning deletes the old keys only when no PIN needs
+current key, encrypting with no lock held, and touches nothing else on the card, not even what other
+writers changed meanwhile; pruning deletes the old keys only when no PIN needs
 them and nothing can have added one meanwhile; every change is audited; and the operator's
 `radcore keys ...` commands (run as subprocesses) report in one readable line."""
 
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from radcore.clock import FixedClock
 from radcore.errors import Conflict, StoreError
 from radcore.generation import generate_series, start_generation
 from radcore.keys import KeyRing
-from radcore.store import Store, card_key, iter_series_cards
+from radcore.records import CARD_FIXED_SIZE
+from radcore.store import Store, card_key, get_card, iter_series_cards, put_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,6 +201,76 @@ def test_an_interrupted_reencryption_leaves_whole_cards_and_finishes_when_run_ag
     assert [pin for _, pin in pins(store, ring, 45)] == before
     assert reencrypt_pins(store, ring, clock=clock, chunk=100).reencrypted == 407
     assert [pin for _, pin in pins(store, ring, 45)] == before
+
+
+def write_now(store, change):
+    """Run `change(txn)` in a write transaction on another thread, which must get the lock within 5 s."""
+    done = []
+
+    def run():
+        with store.transaction(write=True) as txn:
+            change(txn)
+        done.append(True)
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    writer.join(timeout=5)
+    assert done, "another writer waited for the write lock while PINs were encrypted"
+
+
+def test_reencryption_encrypts_outside_the_write_lock_and_keeps_what_writers_changed_meanwhile(world, monkeypatch):
+    """While the PINs of a chunk are being re-encrypted, another writer debits one of its cards and a
+    rollback-like writer deletes another: the debit lands at once (nothing holds the lock), stays on
+    the card with the new blob, and the deleted card is not brought back."""
+    store, ring, clock = world
+    before = [pin for _, pin in pins(store, ring, 45)]
+    debited, deleted = card_key(45, 3), card_key(45, 5)
+    encrypt = ring.encrypt_pin
+    landed = []
+
+    def other_writers(txn):
+        card = get_card(txn, store, debited)
+        card.balance -= 1_234_567
+        put_card(txn, store, debited, card)
+        txn.delete(deleted, db=store.cards)
+        landed.append(True)
+
+    def encrypt_while_others_write(pin, key):
+        if not landed:
+            write_now(store, other_writers)
+        return encrypt(pin, key)
+
+    balance = raw_cards(store, 45)[3].balance
+    monkeypatch.setattr(ring, "encrypt_pin", encrypt_while_others_write)
+    done = reencrypt_pins(store, ring, clock=clock, chunk=100)
+    assert (done.scanned, done.reencrypted) == (607, 606)
+    cards = raw_cards(store, 45)
+    assert cards[3].balance == balance - 1_234_567 and 5 not in cards
+    assert {kid for kid, _ in pins(store, ring, 45)} == {2}
+    assert [pin for _, pin in pins(store, KeyRing.load(ring.path), 45)] == before[:5] + before[6:]
+
+
+def test_a_blob_changed_after_the_snapshot_is_left_to_whoever_changed_it(world, monkeypatch):
+    """Two re-encryptions at once: a card the other one moved between this one's snapshot and its
+    write keeps the other's blob and is not counted twice."""
+    store, ring, clock = world
+    key = card_key(45, 7)
+    decrypt = ring.decrypt_pin
+    raced = []
+
+    def decrypt_then_race(blob, card):
+        pin = decrypt(blob, card)
+        if card == key and not raced:
+            def move(txn):
+                raced.append(ring.encrypt_pin(pin, key))
+                txn.put(key, txn.get(key, db=store.cards)[:CARD_FIXED_SIZE] + raced[0], db=store.cards)
+            write_now(store, move)
+        return pin
+
+    monkeypatch.setattr(ring, "decrypt_pin", decrypt_then_race)
+    done = reencrypt_pins(store, ring, clock=clock, chunk=100)
+    assert done.reencrypted == 606 and raced
+    assert raw_cards(store, 45)[7].pin_blob == raced[0]
 
 
 def test_prune_refuses_while_a_pin_needs_an_old_key_then_deletes_them(world):
