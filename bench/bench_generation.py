@@ -24,9 +24,11 @@ latency during generation within 3x of idle"):
    `chunk_size` values, with pacing (sleep k x the last lock hold after each chunk, via the
    progress callback), and three controls: the same generation into a *different* data directory
    (CPU and disk contention without the shared writer lock), into the same one with sync off (no
-   fsync inside the lock), and at nice 10. Each configuration can run the working tree's
-   radcore/generation.py or, as a baseline, the one committed at git HEAD (`:head`, read with
-   `git show`, nothing is checked out), and can override its PIN_RUN (`:rN`). Separately,
+   fsync inside the lock), and at nice 0. The generating child runs at the niceness `radcore
+   serve`'s control process gives itself (`control.nice`, 10) unless `:nN` says otherwise. Each
+   configuration can run the working tree's radcore/generation.py or, as a baseline, the one
+   committed at git HEAD (`:head`, read with `git show`, nothing is checked out), and can override
+   its PIN_RUN (`:rN`). Separately,
    Access-Request (card authentication) throughput with a closed window of 8 outstanding
    requests, idle vs during generation.
 
@@ -59,24 +61,27 @@ from bench.generation_latency import latency_run
 from bench.generation_report import gen_label, markdown, merge_exports, merge_latency
 from bench.generation_runs import bench_generation, bench_generation_and_export
 from bench.generation_stats import machine_info
+from radcore.config import ControlConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 VARIANTS = ("same", "nosync", "other")
+CONTROL_NICE = ControlConfig().nice
 
 
 def _parse_configs(text: str) -> list[dict[str, Any]]:
-    """"same,same:2000:head,nosync:2000:head,same:0:r1000000:n10" -> [{"variant", "chunk_size",
+    """"same,same:2000:head,nosync:2000:head,same:0:r1000000:n0" -> [{"variant", "chunk_size",
     "pause_factor", "pin_run", "nice", "code"}, ...]: VARIANT[:CHUNK[:pFACTOR][:rPIN_RUN][:nNICE][:head]],
-    CHUNK empty or 0 = generate_series' own default."""
+    CHUNK empty or 0 = generate_series' own default; NICE defaults to the control process's
+    (`control.nice`), since that is the process a served generation runs in."""
     out = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         variant, *rest = item.split(":")
         if variant not in VARIANTS:
             raise argparse.ArgumentTypeError(f"unknown generator variant {variant!r} (one of {VARIANTS})")
         config = {"variant": variant, "chunk_size": int(rest[0]) if rest and rest[0] else 0,
-                  "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"}
+                  "pause_factor": 0.0, "pin_run": 0, "nice": CONTROL_NICE, "code": "current"}
         for token in rest[1:]:
             if token == "head":
                 config["code"] = "head"
@@ -115,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=_parse_configs,
                         default=_parse_configs("same:2000:head,same:200:head,same:10000:head,same:2000:p3:head,"
                                                "nosync:2000:head,other:2000:head,"
-                                               "same,same:2000,same:10000,same:0:r1000000,same:0:n10,other"),
+                                               "same,same:2000,same:10000,same:0:r1000000,same:0:n0,other"),
                         help="accounting runs as VARIANT[:CHUNK[:pPAUSE][:rPIN_RUN][:nNICE][:head]],...; VARIANT "
                              "is same, nosync (generator sync off) or other (another data dir); CHUNK 0 or "
                              "empty = the code's default; pPAUSE sleeps PAUSE x the last lock hold after each "
-                             "chunk; rN sets generation.PIN_RUN; nN runs the generator at nice N; head uses "
+                             "chunk; rN sets generation.PIN_RUN; nN runs the generator at nice N (default: the "
+                             "shipped control.nice, as a served generation runs); head uses "
                              "radcore/generation.py as committed at git HEAD")
     parser.add_argument("--auth-configs", type=_parse_configs, default=_parse_configs("same:2000:head,same"),
                         help="card-auth throughput runs, same syntax ('' = skip)")

@@ -82,11 +82,12 @@ def test_percentile_and_config_parsing():
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile(list(range(1, 101)), 99) == 99
     assert percentile(list(range(1, 101)), 100) == 100
-    assert _parse_configs("same:2000,other:500:p3:head, nosync,same::r1000:p1:n5") == [
-        {"variant": "same", "chunk_size": 2000, "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"},
-        {"variant": "other", "chunk_size": 500, "pause_factor": 3.0, "pin_run": 0, "nice": 0, "code": "head"},
-        {"variant": "nosync", "chunk_size": 0, "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"},
-        {"variant": "same", "chunk_size": 0, "pause_factor": 1.0, "pin_run": 1000, "nice": 5, "code": "current"}]
+    assert _parse_configs("same:2000,other:500:p3:head, nosync,same::r1000:p1:n5,same::n0") == [
+        {"variant": "same", "chunk_size": 2000, "pause_factor": 0.0, "pin_run": 0, "nice": 10, "code": "current"},
+        {"variant": "other", "chunk_size": 500, "pause_factor": 3.0, "pin_run": 0, "nice": 10, "code": "head"},
+        {"variant": "nosync", "chunk_size": 0, "pause_factor": 0.0, "pin_run": 0, "nice": 10, "code": "current"},
+        {"variant": "same", "chunk_size": 0, "pause_factor": 1.0, "pin_run": 1000, "nice": 5, "code": "current"},
+        {"variant": "same", "chunk_size": 0, "pause_factor": 0.0, "pin_run": 0, "nice": 0, "code": "current"}]
     for bad in ("elsewhere:10", "same:10:x3", "same:10:r5:head"):
         with pytest.raises(argparse.ArgumentTypeError):
             _parse_configs(bad)

@@ -4,7 +4,8 @@ It is one of the supervisor's children, so it opens its own LMDB environment aft
 shares the store with the RADIUS workers through LMDB's own locking. Its three parts run as
 threads of this one process: the gRPC server's thread pool, the portal's uvicorn loop, and the
 scheduler, which runs maintenance fees and expiry every `control.fee_interval_seconds` in bounded
-chunks so accounting never waits long behind it.
+chunks so accounting never waits long behind it. The whole process runs at a lower CPU priority
+than the workers (`control.nice`), because what it does in bulk competes with them for the cores.
 
 SIGTERM: report NOT_SERVING, let running RPCs finish (a cut-off CreateSeries rolls back, a cut-off
 fee run is resumed by the next one), stop the portal, close the store.
@@ -37,6 +38,16 @@ def control_process(config: Config, ready_file: str | None = None) -> Callable[[
     return run
 
 
+def _lower_priority(nice: int) -> None:
+    """Add `control.nice` to this process's niceness before any thread starts, so every thread it
+    creates (gRPC's pool, the portal, the scheduler, generation's helper) inherits it. The RADIUS
+    workers are separate processes and keep theirs. Nothing here can raise it again: an
+    unprivileged process may lower its priority but not take it back, and it need not."""
+    if nice:
+        now = os.nice(nice)
+        log.info("control plane: CPU niceness %d", now)
+
+
 def control_ready_path(ready_file: str) -> str:
     """Where the control process reports its bound ports: beside the RADIUS ready file."""
     root, ext = os.path.splitext(ready_file)
@@ -50,6 +61,7 @@ class ControlPlane:
         self.stopping = threading.Event()
 
     def run(self) -> int:
+        _lower_priority(self.config.control.nice)
         from control.fees import run_fees
         from control.grpc_server import create_server, graceful_shutdown
         from control.portal.app import create_app

@@ -77,6 +77,11 @@ class ControlConfig:
     `key_file` holds the PIN pepper and encryption key (created 0600 on first start); it defaults
     to `<data_dir>/radcore.key`, but operators who back up the data directory off-site should point
     it elsewhere, since the key and the encrypted PINs together reveal every PIN.
+
+    `nice` is added to the control process's CPU niceness when it starts (0..19), so its batch work
+    (series generation, exports, fee runs) gives way to the RADIUS workers wherever they compete
+    for a core: generating 1,000,000 cards raised accounting's p99 less at nice 10 than at 0 in six
+    of six alternating runs, and took as long.
     """
 
     grpc_listen: str = "127.0.0.1:50051"
@@ -86,6 +91,7 @@ class ControlConfig:
     fee_interval_seconds: int = 300
     key_file: str = ""
     portal_secret_file: str = ""
+    nice: int = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,7 @@ class _Loader:
             missing = "control.tls_key" if cfg.tls_cert else "control.tls_cert"
             raise self.fail(missing, "tls_cert and tls_key must be set together")
         self.at_least(cfg.fee_interval_seconds, 1, "control.fee_interval_seconds")
+        self.between(cfg.nice, 0, 19, "control.nice")
         return cfg
 
     def profiles(self, tbl: dict) -> dict[str, Profile]:

@@ -35,6 +35,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert cfg.server.duplicate_cache_seconds == 30 and cfg.server.map_size_mb == 8192
     assert cfg.server.busy_poll_us == 200 and cfg.server.checkpoint_ms == 250
     assert cfg.control.grpc_listen == "127.0.0.1:50051" and cfg.control.portal_listen == "127.0.0.1:8080"
+    assert cfg.control.nice == 10
     assert cfg.prepaid.max_failed_pins == 5 and cfg.prepaid.reservation_grace_seconds == 120
     assert cfg.clients == ()
     assert set(cfg.profiles) == {"cisco", "quintum", "generic"}
@@ -88,6 +89,8 @@ BAD = [
     ('[control]\ntls_cert = "c.pem"\n', "control.tls_key", "set together"),
     ('[control]\ngrpc_listen = "1.2.3:5"\n', "control.grpc_listen", "not an IP address"),
     ("[control]\nfee_interval_seconds = 0\n", "control.fee_interval_seconds", "minimum"),
+    ("[control]\nnice = 20\n", "control.nice", "outside"),
+    ("[control]\nnice = -5\n", "control.nice", "outside"),
     ("[prepaid]\nmax_failed_pins = 0\n", "prepaid.max_failed_pins", "minimum"),
     ("[prepaid]\nlockout_seconds = -1\n", "prepaid.lockout_seconds", "minimum"),
     ("[prepaid]\nmax_call_seconds = 1.5\n", "prepaid.max_call_seconds", "must be an integer"),

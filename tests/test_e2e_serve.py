@@ -111,3 +111,26 @@ def test_sigterm_stops_workers_and_control_plane(served):
     assert server.stop(timeout=30) == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def niceness(pid: int | str) -> set[int]:
+    """The CPU niceness of every thread of a process (field 19 of /proc/PID/task/TID/stat)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out.add(int(fields[16]))
+    return out
+
+
+def test_the_control_process_gives_way_to_the_radius_workers(served):
+    """`control.nice` (default 10) lowers every thread of the control process, the gRPC pool, the
+    portal and the fee scheduler included; the workers keep the supervisor's priority."""
+    server, _, _, ports = served
+    (base,) = niceness(server.pid)
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    workers = [pid for pid in children if pid != str(ports["pid"])]
+    assert len(workers) == 2
+    control = niceness(ports["pid"])
+    assert control == {min(19, base + 10)} and len(list(Path(f"/proc/{ports['pid']}/task").iterdir())) > 3
+    for pid in workers:
+        assert niceness(pid) == {base}
