@@ -240,7 +240,7 @@ def _chunks(store: Store, keyring: KeyRing, number: int, clock: Callable[[], int
     transaction (inserts and commit, ~1 ms per 500 cards plus the fsync) stays on the calling thread
     at its priority: niced further, a lock holder preempted by other work would stretch every hold
     that accounting waits behind. (The control process's own `control.nice` of 10 did not: hold p99
-    3.2 to 5.8 ms at 10 against 3.9 to 8.0 at 0, over six alternating runs.) A dedicated thread,
+    3.2 to 7.4 ms at 10 against 3.9 to 8.7 at 0, over nine alternating runs.) A dedicated thread,
     because niceness cannot be given back: on Linux an unprivileged thread may lower its priority
     but not raise it again, which would leave a pooled (gRPC) thread slow for good. Chunks are not
     pipelined: preparing the next one during a write would raise the share of time the lock is held.
